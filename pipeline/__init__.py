@@ -1,0 +1,1 @@
+"""Configs, the `longcap` command line, executors and job entry points."""

@@ -1,0 +1,98 @@
+"""The `longcap` command line: argument parsing only; the work lives in the packages."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+
+
+def _cmd_shards(args: argparse.Namespace) -> int:
+    from shards.assemble import AssembleConfig, assemble
+
+    cfg = AssembleConfig(
+        shard_size=args.shard_size,
+        max_shard_bytes=int(args.max_shard_mb * (1 << 20)),
+        formats=args.formats.split(","),
+        parquet_images=not args.no_parquet_images,
+        tokenizer=args.tokenizer,
+        verify_images=not args.no_verify_images,
+    )
+    print(f"longcap shards: {args.input} -> {args.out} (formats {','.join(cfg.formats)})")
+    t0 = time.perf_counter()
+    res = assemble(args.input, args.out, cfg)
+    dt = time.perf_counter() - t0
+    if res.shards_skipped:
+        print(f"resumed: {res.shards_skipped} shards were already complete and kept")
+    print(
+        f"wrote {len(res.shards_written)} shards: {res.samples_in:,} samples, "
+        f"{res.samples_ok:,} ok, {res.samples_failed:,} failed, in {dt:.1f}s"
+    )
+    print(f"statistics: longcap stats {args.out}")
+    return 0
+
+
+def _cmd_stats(args: argparse.Namespace) -> int:
+    from shards.dataset_stats import collect_stats, format_report, write_plots
+
+    stats = collect_stats(args.dir)
+    report = stats.report()
+    if args.json:
+        print(json.dumps(report, indent=1))
+    else:
+        print(format_report(report))
+    if args.plots:
+        for path in write_plots(stats, args.plots):
+            print(f"plot: {path}", file=sys.stderr if args.json else sys.stdout)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="longcap",
+        description="Build long-caption image-text datasets (LoTLIP-style) and train on them.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser(
+        "shards",
+        help="assemble output shards from a manifest, img2dataset output or longcap shards",
+    )
+    p.add_argument("--input", required=True, help="manifest (.jsonl/.csv/.tsv/.parquet) or folder")
+    p.add_argument("--out", required=True, help="output folder (a rerun resumes)")
+    p.add_argument("--shard-size", type=int, default=10_000, help="samples per shard")
+    p.add_argument("--max-shard-mb", type=float, default=1024, help="image MB per shard")
+    p.add_argument("--formats", default="parquet,tar", help="parquet,tar or one of them")
+    p.add_argument("--no-parquet-images", action="store_true", help="images only in the tar")
+    p.add_argument("--no-verify-images", action="store_true", help="read headers only")
+    p.add_argument("--tokenizer", default=None, help="tokenizer folder (default: BERT uncased)")
+    p.set_defaults(func=_cmd_shards)
+
+    p = sub.add_parser("stats", help="LoTLIP Table 1 statistics of a built dataset")
+    p.add_argument("dir", help="folder of longcap shards")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--plots", metavar="DIR", help="write PNG histograms to DIR")
+    p.set_defaults(func=_cmd_stats)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    from shards.inputs import InputError
+
+    try:
+        return args.func(args)
+    except (InputError, ValueError, FileNotFoundError) as exc:
+        print(f"longcap {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

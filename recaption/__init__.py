@@ -1,0 +1,1 @@
+"""Recaptioning with multimodal LLMs (vLLM engines in Ray actors) and caption cleaning."""

@@ -1,0 +1,1 @@
+"""The longcap shard format: schema, readers, writers, sub-caption splitting, token statistics."""

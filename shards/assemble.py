@@ -1,0 +1,296 @@
+"""Assembly: input samples -> checked, cleaned, split and counted samples -> output shards.
+
+This is `longcap shards`. Each output shard records in its stats the input rows it covers
+(`input_start`, `input_end`), so a rerun after a kill skips the finished shards and starts at the
+first input row not yet written: nothing is lost and nothing is written twice. Samples in = rows
+written (ok or failed) is checked at the end of every run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import re
+import warnings
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from shards import schema as S
+from shards.inputs import InputError, InputSample
+from shards.readers import read_input
+from shards.shard_reader import read_shard_table
+from shards.split import split_caption
+from shards.tokens import count_tokens
+from shards.writer import FORMATS, ShardWriter
+
+log = logging.getLogger(__name__)
+
+_ARTEFACTS = re.compile(r"</?s>|<\|im_(?:start|end)\|>|<\|endoftext\|>|<\|eot_id\|>")
+_UNSAFE_KEY = re.compile(r"[^\w\-]")
+
+
+@dataclass
+class AssembleConfig:
+    """Options of `longcap shards` (and of the assemble stage of a build)."""
+
+    shard_size: int = 10_000
+    max_shard_bytes: int = 1 << 30
+    formats: list[str] = field(default_factory=lambda: list(FORMATS))
+    parquet_images: bool = True
+    tokenizer: str | None = None
+    verify_images: bool = True
+    batch_size: int = 512
+
+    def validate(self, where: str = "assemble config") -> None:
+        if self.shard_size < 1:
+            raise ValueError(f"{where}: shard_size must be >= 1, got {self.shard_size}")
+        if self.max_shard_bytes < 1:
+            raise ValueError(f"{where}: max_shard_bytes must be >= 1")
+        bad = [f for f in self.formats if f not in FORMATS]
+        if bad or not self.formats:
+            raise ValueError(f"{where}: formats {self.formats} must be a subset of {FORMATS}")
+        if self.batch_size < 1:
+            raise ValueError(f"{where}: batch_size must be >= 1")
+
+
+@dataclass
+class AssembleResult:
+    out_dir: Path
+    shards_written: list[dict[str, Any]]
+    shards_skipped: int
+    samples_in: int
+    samples_ok: int
+    samples_failed: int
+
+
+def _valid_text(text: str | None) -> tuple[str | None, bool]:
+    """(text safe to store, was it valid UTF-8). Lone surrogates mark undecodable bytes."""
+    if text is None:
+        return None, True
+    try:
+        text.encode("utf-8")
+        return text, True
+    except UnicodeEncodeError:
+        fixed = text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+        return fixed, False
+
+
+def clean_text(text: str) -> str:
+    """Drop chat-template artefacts and surrounding space; keep line breaks (they split)."""
+    return _ARTEFACTS.sub(" ", text).strip()
+
+
+def check_image(data: bytes, verify: bool = True) -> tuple[int, int, str]:
+    """(width, height, format) of an encoded image; raises on a corrupt or truncated one."""
+    from PIL import Image
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with Image.open(io.BytesIO(data)) as im:
+            width, height, fmt = im.size[0], im.size[1], (im.format or "").lower()
+            if verify:
+                if fmt == "jpeg":
+                    # Decoding at 1/8 scale still reads every entropy-coded byte.
+                    im.draft("RGB", (max(1, width // 8), max(1, height // 8)))
+                im.load()
+    return width, height, fmt
+
+
+def _to_sample(inp: InputSample, cfg: AssembleConfig) -> S.Sample:
+    """Check one input sample; texts are cleaned and split here, counted later in a batch."""
+    caption, caption_ok = _valid_text(inp.caption)
+    sample = S.Sample(
+        key=inp.key,
+        status=inp.status,
+        error=inp.error,
+        source=inp.source,
+        url=_valid_text(inp.url)[0],
+        caption=clean_text(caption) if caption else caption,
+        image_format=inp.image_format,
+    )
+    if not sample.ok:
+        return sample
+    if not caption_ok:
+        return _fail(sample, S.FAIL_CAPTION_ENCODING, f"{inp.origin}: caption is not UTF-8")
+    data = inp.image
+    if data is None and inp.image_path is not None:
+        try:
+            data = inp.image_path.read_bytes()
+        except OSError as exc:
+            return _fail(sample, S.FAIL_IMAGE_MISSING, f"{inp.origin}: {inp.image_path}: {exc}")
+    if data is None:
+        return _fail(sample, S.FAIL_IMAGE_MISSING, f"{inp.origin}: no image")
+    try:
+        sample.width, sample.height, fmt = check_image(data, cfg.verify_images)
+    except Exception as exc:  # PIL raises many types for bad bytes
+        return _fail(sample, S.FAIL_IMAGE_DECODE, f"{inp.origin}: {type(exc).__name__}: {exc}")
+    sample.image, sample.image_format = data, fmt or inp.image_format
+    sample.sha256 = hashlib.sha256(data).hexdigest()
+    for model, entry in sorted(inp.long_captions.items()):
+        sample.long_captions.append(_long_caption(model, entry))
+    for model, text in sorted(inp.short_captions.items()):
+        short, _ = _valid_text(text)
+        sample.short_captions.append({"model": model, "text": clean_text(short or "")})
+    has_long = any(lc.status == S.LONG_OK for lc in sample.long_captions)
+    if not sample.caption and not has_long:
+        return _fail(sample, S.FAIL_CAPTION_EMPTY, f"{inp.origin}: no caption and no long caption")
+    if sample.caption:
+        sample.caption_subcaptions = len(split_caption(sample.caption))
+    return sample
+
+
+def _long_caption(model: str, entry: dict[str, Any]) -> S.LongCaption:
+    text, ok = _valid_text(entry.get("text"))
+    lc = S.LongCaption(
+        model=model,
+        text=clean_text(text or ""),
+        prompt=entry.get("prompt"),
+        finish_reason=entry.get("finish_reason"),
+        generated_tokens=entry.get("generated_tokens"),
+        flags=list(entry.get("flags") or []),
+        status=entry.get("status") or S.LONG_OK,
+    )
+    if not ok:
+        lc.status = S.LONG_NOT_UTF8
+    elif not lc.text:
+        lc.status = S.LONG_EMPTY
+    if lc.status == S.LONG_OK:
+        lc.subcaptions = split_caption(lc.text)
+        if not lc.subcaptions:
+            lc.status = S.LONG_EMPTY
+    return lc
+
+
+def _fail(sample: S.Sample, status: str, error: str) -> S.Sample:
+    sample.status, sample.error = status, error
+    sample.long_captions, sample.short_captions = [], []
+    sample.image = None
+    return sample
+
+
+def _count_batch(samples: list[S.Sample], tokenizer: str | None) -> None:
+    """Fill every token count of a batch with one tokenizer call."""
+    texts: list[str] = []
+    for s in samples:
+        if not s.ok:
+            continue
+        if s.caption:
+            texts.append(s.caption)
+        for lc in s.long_captions:
+            if lc.status == S.LONG_OK:
+                texts.append(lc.text)
+                texts.extend(lc.subcaptions)
+    counts = iter(count_tokens(texts, tokenizer))
+    for s in samples:
+        if not s.ok:
+            continue
+        if s.caption:
+            s.caption_tokens = next(counts)
+        for lc in s.long_captions:
+            if lc.status == S.LONG_OK:
+                lc.tokens = next(counts)
+                lc.subcaption_tokens = [next(counts) for _ in lc.subcaptions]
+
+
+def completed_shards(out_dir: Path) -> list[dict[str, Any]]:
+    """Stats of the finished shards of a previous run, in order; each covers input rows."""
+    done = []
+    for path in sorted(out_dir.glob("*_stats.json")):
+        try:
+            stats = json.loads(path.read_text())
+        except ValueError as exc:
+            raise InputError(
+                f"{path}: unreadable shard stats ({exc}); delete it to rebuild"
+            ) from exc
+        done.append(stats)
+    for i, stats in enumerate(done):
+        if stats.get("shard") != f"{i:05d}" or "input_end" not in stats:
+            raise InputError(
+                f"{out_dir}: shard stats are not a contiguous run from 00000 made by "
+                f"`longcap shards` (at {stats.get('shard')!r}); use an empty --out folder"
+            )
+    return done
+
+
+def _batches(items: Iterable[InputSample], size: int) -> Iterator[list[InputSample]]:
+    batch: list[InputSample] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def assemble(
+    input_path: str | Path, out_dir: str | Path, cfg: AssembleConfig | None = None
+) -> AssembleResult:
+    """Build output shards from any input `read_input` accepts; resumes a killed run."""
+    cfg = cfg or AssembleConfig()
+    cfg.validate()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for tmp in out.glob("*.tmp"):
+        tmp.unlink()
+    done = completed_shards(out)
+    source_id = str(Path(input_path).resolve())
+    for stats in done:
+        if stats.get("input") != source_id:
+            raise InputError(
+                f"{out}: holds shards built from {stats.get('input')}, not {source_id}; "
+                "use another --out folder"
+            )
+    skip = done[-1]["input_end"] if done else 0
+    seen: set[str] = set()
+    for stats in done:
+        seen.update(read_shard_table(out / f"{stats['shard']}.parquet", ["key"])["key"].to_pylist())
+    writer = ShardWriter(
+        out,
+        max_samples=cfg.shard_size,
+        max_bytes=cfg.max_shard_bytes,
+        formats=cfg.formats,
+        parquet_images=cfg.parquet_images,
+        start_index=len(done),
+    )
+    position = 0  # input rows consumed, counting the skipped ones
+    shard_start = skip
+    n_in = n_ok = 0
+
+    def rows() -> Iterator[InputSample]:
+        nonlocal position
+        for inp in read_input(input_path):
+            position += 1
+            if position > skip:
+                yield inp
+
+    try:
+        for batch in _batches(rows(), cfg.batch_size):
+            samples = [_to_sample(inp, cfg) for inp in batch]
+            _count_batch(samples, cfg.tokenizer)
+            for i, sample in enumerate(samples):
+                sample.key = _UNSAFE_KEY.sub("_", sample.key) or f"row{skip + n_in:09d}"
+                if sample.key in seen:
+                    _fail(sample, S.FAIL_DUPLICATE_KEY, f"{batch[i].origin}: key seen before")
+                    sample.key = f"{sample.key}__dup{skip + n_in:09d}"
+                seen.add(sample.key)
+                writer.write(sample)
+                n_in += 1
+                n_ok += sample.ok
+                if writer.shard_full():
+                    end = skip + n_in
+                    writer.close_shard(input=source_id, input_start=shard_start, input_end=end)
+                    shard_start = end
+        writer.close_shard(input=source_id, input_start=shard_start, input_end=skip + n_in)
+    except BaseException:
+        writer.abort()
+        raise
+    written = writer.written
+    rows_written = sum(s["count"] for s in written)
+    if rows_written != n_in:
+        raise RuntimeError(f"conservation broken: {n_in} samples in, {rows_written} rows written")
+    return AssembleResult(out, written, len(done), n_in, n_ok, n_in - n_ok)

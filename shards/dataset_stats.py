@@ -1,0 +1,179 @@
+"""Statistics of a whole built dataset: `longcap stats DIR`.
+
+Reads each shard's `_stats.json` (exact histograms, so the merge is exact). A shard without one
+(written by an older tool, or its stats file lost) is counted from its Parquet metadata columns;
+image bytes are never read.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from shards import schema as S
+from shards.inputs import InputError
+from shards.shard_reader import read_shard_table
+from shards.stats import CONTEXT_LENGTHS, STATS_VERSION, ShardStats, merge_stats
+
+log = logging.getLogger(__name__)
+
+
+def _stats_from_parquet(parquet: Path) -> ShardStats:
+    table = read_shard_table(parquet, columns=S.METADATA_COLUMNS)
+    st = ShardStats()
+    st.shards = 1
+    for row in table.to_pylist():
+        longs = [
+            S.LongCaption(
+                model=lc["model"],
+                text="",
+                status=lc["status"] or S.LONG_OK,
+                tokens=lc["tokens"],
+                subcaptions=lc["subcaptions"] or [],
+            )
+            for lc in row["long_captions"] or []
+        ]
+        st.add(
+            S.Sample(
+                key=row["key"],
+                status=row["status"],
+                source=row["source"],
+                caption=row["caption"],
+                caption_tokens=row["caption_tokens"],
+                caption_subcaptions=row["caption_subcaptions"],
+                long_captions=longs,
+            )
+        )
+    return st
+
+
+def collect_stats(root: str | Path) -> ShardStats:
+    """Merge the statistics of every shard under `root` (searched recursively)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise InputError(f"{root}: no such folder")
+    parts: list[ShardStats] = []
+    covered: set[Path] = set()
+    for path in sorted(root.rglob("*_stats.json")):
+        try:
+            data = json.loads(path.read_text())
+        except ValueError as exc:
+            raise InputError(f"{path}: unreadable stats file ({exc})") from exc
+        if data.get("stats_version") != STATS_VERSION:
+            # img2dataset writes NNNNN_stats.json too; it is not ours.
+            continue
+        try:
+            parts.append(ShardStats.from_json(data))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InputError(f"{path}: malformed longcap stats ({exc!r})") from exc
+        covered.add(path.with_name(path.name[: -len("_stats.json")] + ".parquet"))
+    for parquet in sorted(root.rglob("*.parquet")):
+        if parquet in covered:
+            continue
+        try:
+            parts.append(_stats_from_parquet(parquet))
+            log.warning("%s: no stats file, counted from its Parquet metadata", parquet)
+        except InputError:
+            continue  # not a longcap shard (e.g. an img2dataset sidecar)
+    if not parts:
+        raise InputError(f"{root}: no longcap shards found (no *_stats.json or shard .parquet)")
+    return merge_stats(parts)
+
+
+def _fmt(value: Any, digits: int = 1) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, str):
+        return value
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}"
+    return f"{value:,}"
+
+
+def _row(name: str, images: Any, summary: dict[str, Any]) -> list[str]:
+    pct = summary["tokens_percentiles"]
+    share = summary["share_over"]
+    return [
+        name,
+        _fmt(images),
+        _fmt(summary["texts"]),
+        _fmt(summary["subcaptions_per_text"], 2),
+        _fmt(summary["tokens_per_text"]),
+        *(_fmt(pct[k], 0) for k in ("p50", "p90", "p99", "max")),
+        *(
+            ("-" if share[str(n)] is None else f"{100 * share[str(n)]:.1f}%")
+            for n in CONTEXT_LENGTHS
+        ),
+    ]
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """LoTLIP Table 1 as text: overall, per model, per source, raw captions; then failures."""
+    header = ["", "images", "texts", "subcap/text", "tokens/text", "p50", "p90", "p99", "max"]
+    header += [f">{n}" for n in CONTEXT_LENGTHS]
+    rows = [_row("long captions (all models)", report["images"], report)]
+    rows += [_row(f"  model {m}", "", s) for m, s in report["by_model"].items()]
+    rows += [_row(f"  source {n}", s["images"], s) for n, s in report["by_source"].items()]
+    rows.append(_row("raw captions", report["images"], report["raw"]))
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+
+    def line(cells: list[str]) -> str:
+        first = cells[0].ljust(widths[0])
+        rest = (c.rjust(w) for c, w in zip(cells[1:], widths[1:], strict=True))
+        return "  ".join([first, *rest])
+
+    out = [
+        f"{report['shards']} shards, {report['samples']:,} samples: "
+        f"{report['images']:,} images, {report['failed']:,} failed",
+        "",
+        line(header),
+        line(["-" * w for w in widths]),
+        *(line(r) for r in rows),
+    ]
+    out.append("")
+    if report["failures"]:
+        out.append("failures by reason:")
+        out += [f"  {reason}: {n:,}" for reason, n in report["failures"].items()]
+    else:
+        out.append("failures by reason: none")
+    return "\n".join(out)
+
+
+def write_plots(stats: ShardStats, out_dir: str | Path) -> list[Path]:
+    """PNG histograms: tokens per text and sub-captions per text, overall and per model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    groups = {"all models": stats.long, **stats.by_model, "raw captions": stats.raw}
+    written = []
+    for attr, title, fname in (
+        ("tokens_hist", "BERT tokens per text", "tokens_per_text.png"),
+        ("subcaptions_hist", "sub-captions per text", "subcaptions_per_text.png"),
+    ):
+        fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
+        for name, group in groups.items():
+            hist = getattr(group, attr)
+            if not hist:
+                continue
+            xs = sorted(hist)
+            total = sum(hist.values())
+            ax.step(xs, [hist[x] / total for x in xs], where="mid", label=f"{name} (n={total:,})")
+        if attr == "tokens_hist":
+            for n in CONTEXT_LENGTHS:
+                ax.axvline(n, color="grey", linestyle=":", linewidth=0.8)
+        ax.set_xlabel(title)
+        ax.set_ylabel("share of texts")
+        ax.set_title(f"{title} ({stats.successes:,} images)")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        path = out / fname
+        fig.savefig(path)
+        plt.close(fig)
+        written.append(path)
+    return written

@@ -1,0 +1,66 @@
+"""What every reader yields: `InputSample`, and the errors and text helpers they share."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from shards import schema as S
+
+# Column names of LoTLIP/DreamLIP's released caption CSVs, and the model each one names.
+RELEASED_LONG_COLUMNS = {
+    "longIB_captions": "instructblip",
+    "longSV_captions": "sharegpt4v",
+    "longLLA_captions": "llava-1.5",
+}
+RELEASED_SHORT_COLUMNS = {
+    "shortIB_captions": "instructblip",
+    "shortSV_captions": "sharegpt4v",
+    "shortLLA_captions": "llava-1.5",
+}
+
+
+class InputError(ValueError):
+    """The input as a whole cannot be read; the message names the file and the problem."""
+
+
+@dataclass
+class InputSample:
+    """One input row before assembly. Text may hold lone surrogates where bytes were not UTF-8."""
+
+    key: str
+    origin: str  # "file:line" or "file:member", for messages
+    status: str = S.STATUS_OK
+    error: str | None = None
+    source: str | None = None
+    url: str | None = None
+    caption: str | None = None
+    long_captions: dict[str, dict[str, Any]] = field(default_factory=dict)
+    short_captions: dict[str, str] = field(default_factory=dict)
+    image: bytes | None = None
+    image_path: Path | None = None
+    image_format: str | None = None
+
+
+def as_text(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, float) and value != value:  # pandas NaN for an empty CSV cell
+        return None
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="surrogateescape")
+    if isinstance(value, list | tuple):
+        parts = [t for t in (as_text(v) for v in value) if t]
+        return "\n".join(parts) if parts else None
+    return str(value)
+
+
+def long_entry(value: Any) -> dict[str, Any] | None:
+    """A manifest's long caption: a string, or a dict with text and generation details."""
+    if isinstance(value, dict):
+        entry = dict(value)
+        entry["text"] = as_text(entry.get("text"))
+        return entry
+    text = as_text(value)
+    return None if text is None else {"text": text}

@@ -1,0 +1,232 @@
+"""Readers of the inputs a user has: manifests, img2dataset output, longcap shards, image folders.
+
+Every reader yields `InputSample`s in a deterministic order. A bad row (unparsable line, missing
+image, bytes that are not UTF-8) becomes an InputSample with a failure status and a reason that
+names the file and line; only a whole-input problem (no such file, a missing column, a Parquet
+file with the wrong schema) raises `InputError`, naming the file and what is wrong.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+
+from shards import schema as S
+from shards.inputs import (
+    RELEASED_LONG_COLUMNS,
+    RELEASED_SHORT_COLUMNS,
+    InputError,
+    InputSample,
+    as_text,
+    long_entry,
+)
+from shards.tar_reader import iter_tar_samples
+
+IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp", "gif")
+
+KEY_COLUMNS = ("key",)
+IMAGE_COLUMNS = ("image_path", "Image Path", "image", "filepath", "file_name", "path")
+CAPTION_COLUMNS = ("caption", "raw_caption", "text", "title")
+
+
+def _first(columns: list[str] | set[str], names: tuple[str, ...]) -> str | None:
+    return next((n for n in names if n in columns), None)
+
+
+def sample_from_record(
+    rec: dict[str, Any], *, index: int, origin: str, base_dir: Path, source: str
+) -> InputSample:
+    """Turn one manifest record (any accepted column naming) into an InputSample."""
+    cols = set(rec)
+    key_col = _first(cols, KEY_COLUMNS)
+    key = as_text(rec.get(key_col)) if key_col else None
+    sample = InputSample(key=key or f"{index:09d}", origin=origin)
+    sample.source = as_text(rec.get("source")) or source
+    sample.url = as_text(rec.get("url"))
+    cap_col = _first(cols, CAPTION_COLUMNS)
+    sample.caption = as_text(rec.get(cap_col)) if cap_col else None
+    longs = rec.get("long_captions")
+    if isinstance(longs, dict):
+        for model, value in longs.items():
+            entry = long_entry(value)
+            if entry is not None:
+                sample.long_captions[str(model)] = entry
+    elif longs is not None and not (isinstance(longs, float) and longs != longs):
+        sample.status, sample.error = S.FAIL_INPUT, f"{origin}: long_captions is not an object"
+    for col, model in RELEASED_LONG_COLUMNS.items():
+        entry = long_entry(rec.get(col))
+        if entry is not None:
+            sample.long_captions[model] = entry
+    for col, model in RELEASED_SHORT_COLUMNS.items():
+        text = as_text(rec.get(col))
+        if text:
+            sample.short_captions[model] = text
+    img_col = _first(cols, IMAGE_COLUMNS)
+    path_text = as_text(rec.get(img_col)) if img_col else None
+    if path_text:
+        path = Path(path_text)
+        sample.image_path = path if path.is_absolute() else base_dir / path
+        sample.image_format = path.suffix.lstrip(".").lower() or None
+    elif sample.status == S.STATUS_OK:
+        sample.status = S.FAIL_IMAGE_MISSING
+        sample.error = f"{origin}: no image path in column {img_col or IMAGE_COLUMNS[0]!r}"
+    return sample
+
+
+def _check_columns(columns: list[str], path: Path) -> None:
+    if not _first(columns, IMAGE_COLUMNS):
+        raise InputError(
+            f"{path}: manifest has no image column (one of {list(IMAGE_COLUMNS)}); "
+            f"its columns are {sorted(columns)}"
+        )
+    has_text = _first(columns, CAPTION_COLUMNS) or "long_captions" in columns
+    if not has_text and not set(RELEASED_LONG_COLUMNS) & set(columns):
+        raise InputError(
+            f"{path}: manifest has no caption column (one of {list(CAPTION_COLUMNS)}, "
+            f"'long_captions' or {list(RELEASED_LONG_COLUMNS)}); its columns are {sorted(columns)}"
+        )
+
+
+def read_jsonl(path: Path) -> Iterator[InputSample]:
+    source = path.stem
+    columns_checked = False
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            if not raw.strip():
+                continue
+            origin = f"{path}:{lineno}"
+            text = raw.decode("utf-8", errors="surrogateescape")
+            try:
+                rec = json.loads(text)
+                if not isinstance(rec, dict):
+                    raise ValueError("a JSON object per line is expected")
+            except ValueError as exc:
+                yield InputSample(
+                    key=f"line{lineno:09d}",
+                    origin=origin,
+                    status=S.FAIL_INPUT,
+                    error=f"{origin}: unparsable JSON line ({exc})",
+                )
+                continue
+            if not columns_checked:
+                _check_columns(list(rec), path)
+                columns_checked = True
+            yield sample_from_record(
+                rec, index=lineno - 1, origin=origin, base_dir=path.parent, source=source
+            )
+
+
+def read_table_manifest(path: Path) -> Iterator[InputSample]:
+    """CSV, TSV or Parquet manifest, read in batches so a large file never sits in memory."""
+    source = path.stem
+    if path.suffix == ".parquet":
+        try:
+            pf = pq.ParquetFile(path)
+        except Exception as exc:
+            raise InputError(f"{path}: not a readable Parquet file ({exc})") from exc
+        _check_columns(pf.schema_arrow.names, path)
+        batches = (b.to_pylist() for b in pf.iter_batches(batch_size=4096))
+    else:
+        import pandas as pd
+
+        sep = "\t" if path.suffix in (".tsv", ".tab") else ","
+        try:
+            reader = pd.read_csv(
+                path,
+                sep=sep,
+                chunksize=4096,
+                dtype=str,
+                keep_default_na=False,
+                encoding="utf-8",
+                encoding_errors="surrogateescape",
+            )
+            head = next(reader, None)
+        except Exception as exc:
+            raise InputError(f"{path}: not a readable {sep!r}-separated file ({exc})") from exc
+        if head is None:
+            return
+        _check_columns(list(head.columns), path)
+
+        def chunks():
+            yield head
+            yield from reader
+
+        batches = (
+            [{k: (v if v != "" else None) for k, v in r.items()} for r in c.to_dict("records")]
+            for c in chunks()
+        )
+    index = 0
+    for batch in batches:
+        for rec in batch:
+            # Line numbers count the header line, as an editor shows them.
+            origin = f"{path}:{index + 2}" if path.suffix != ".parquet" else f"{path}:row {index}"
+            yield sample_from_record(
+                rec, index=index, origin=origin, base_dir=path.parent, source=source
+            )
+            index += 1
+
+
+def read_image_folder(root: Path) -> Iterator[InputSample]:
+    """A folder of images, each with an optional same-named .txt caption."""
+    for path in sorted(p for p in root.rglob("*") if p.suffix.lower().lstrip(".") in IMAGE_EXTS):
+        rel = path.relative_to(root).with_suffix("")
+        txt = path.with_suffix(".txt")
+        caption = txt.read_bytes().decode("utf-8", "surrogateescape") if txt.exists() else None
+        yield InputSample(
+            key=str(rel).replace("/", "_"),
+            origin=str(path),
+            source=root.name,
+            caption=caption,
+            image_path=path,
+            image_format=path.suffix.lstrip(".").lower(),
+        )
+
+
+def _is_longcap_shard(parquet: Path) -> bool:
+    try:
+        meta = pq.read_schema(parquet).metadata or {}
+    except Exception as exc:
+        raise InputError(f"{parquet}: not a readable Parquet file ({exc})") from exc
+    return S.SCHEMA_METADATA_KEY in meta
+
+
+def read_shard_folder(root: Path) -> Iterator[InputSample]:
+    """img2dataset output or longcap shards: NNNNN.tar with NNNNN.parquet beside it."""
+    tars = sorted(root.glob("*.tar"))
+    parquets = sorted(p for p in root.glob("*.parquet"))
+    names = sorted({p.stem for p in tars} | {p.stem for p in parquets})
+    if not names:
+        raise InputError(f"{root}: no .tar or .parquet shards in this folder")
+    for name in names:
+        tar, parquet = root / f"{name}.tar", root / f"{name}.parquet"
+        if parquet.exists() and _is_longcap_shard(parquet):
+            from shards.shard_reader import read_longcap_shard
+
+            yield from read_longcap_shard(parquet, tar if tar.exists() else None)
+        else:
+            yield from iter_tar_samples(
+                tar if tar.exists() else None, parquet if parquet.exists() else None, root.name
+            )
+
+
+def read_input(path: str | Path) -> Iterator[InputSample]:
+    """Open whatever the user pointed at: a manifest file or a folder of shards or images."""
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"{p}: no such file or folder")
+    if p.is_dir():
+        if any(p.glob("*.tar")) or any(p.glob("*.parquet")):
+            return read_shard_folder(p)
+        return read_image_folder(p)
+    suffix = p.suffix.lower()
+    if suffix in (".jsonl", ".json"):
+        return read_jsonl(p)
+    if suffix in (".csv", ".tsv", ".tab", ".parquet"):
+        return read_table_manifest(p)
+    raise InputError(
+        f"{p}: unknown manifest type {suffix!r}; use .jsonl, .csv, .tsv or .parquet, or a folder"
+    )

@@ -1,0 +1,1 @@
+"""The bundled corner-token trainer (LoTLIP): data loading, model, loss, loop, evaluation."""
