@@ -150,3 +150,28 @@ def make_sample(
         for row in rows:
             f.write(json.dumps(row) + "\n")
     return manifest
+
+
+def synthetic_long_captions(n: int, seed: int = 0, target_chars: int = 360) -> list[str]:
+    """`n` MLLM-style long captions of about `target_chars` characters (~100 BERT tokens at 360).
+
+    Text only, no images: for benchmarks of splitting and counting.
+    """
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        parts: list[str] = []
+        while sum(len(p) + 1 for p in parts) < target_chars:
+            shapes = [
+                {
+                    "color": rng.choice(sorted(COLORS)),
+                    "shape": rng.choice(SHAPES),
+                    "size": rng.uniform(0.1, 0.4),
+                    "where": _where(rng.random(), rng.random()),
+                }
+                for _ in range(rng.randint(1, 3))
+            ]
+            style = rng.choice(["llava", "qwen"])
+            parts.append(_long_caption(rng, shapes, rng.choice(sorted(BACKGROUNDS)), style))
+        out.append(" ".join(parts)[: target_chars + 80])
+    return out

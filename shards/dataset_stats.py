@@ -9,43 +9,76 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import Counter
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+import pyarrow.compute as pc
 
 from shards import schema as S
 from shards.inputs import InputError
 from shards.shard_reader import read_shard_table
-from shards.stats import CONTEXT_LENGTHS, STATS_VERSION, ShardStats, merge_stats
+from shards.stats import CONTEXT_LENGTHS, STATS_VERSION, ShardStats, TextGroup, merge_stats
 
 log = logging.getLogger(__name__)
 
 
-def _stats_from_parquet(parquet: Path) -> ShardStats:
-    table = read_shard_table(parquet, columns=S.METADATA_COLUMNS)
+_FALLBACK_COLUMNS = [
+    "status",
+    "source",
+    "caption",
+    "caption_tokens",
+    "caption_subcaptions",
+    "long_captions.list.element.model",
+    "long_captions.list.element.status",
+    "long_captions.list.element.tokens",
+    "long_captions.list.element.subcaption_tokens",
+]
+
+
+def _np(array, fill) -> np.ndarray:
+    return pc.fill_null(array, fill).to_numpy(zero_copy_only=False)
+
+
+def stats_from_parquet(parquet: Path) -> ShardStats:
+    """A shard's statistics from its Parquet metadata columns, vectorised (no image bytes)."""
+    table = read_shard_table(parquet, columns=_FALLBACK_COLUMNS)
     st = ShardStats()
     st.shards = 1
-    for row in table.to_pylist():
-        longs = [
-            S.LongCaption(
-                model=lc["model"],
-                text="",
-                status=lc["status"] or S.LONG_OK,
-                tokens=lc["tokens"],
-                subcaptions=lc["subcaptions"] or [],
-            )
-            for lc in row["long_captions"] or []
-        ]
-        st.add(
-            S.Sample(
-                key=row["key"],
-                status=row["status"],
-                source=row["source"],
-                caption=row["caption"],
-                caption_tokens=row["caption_tokens"],
-                caption_subcaptions=row["caption_subcaptions"],
-                long_captions=longs,
-            )
-        )
+    status = _np(table["status"], "")
+    ok = status == S.STATUS_OK
+    st.count, st.successes = len(status), int(ok.sum())
+    st.failures.update(Counter(status[~ok].tolist()))
+    source = _np(table["source"], "unknown")
+    has_caption = _np(pc.utf8_length(table["caption"]), 0) > 0
+    raw_tokens = _np(table["caption_tokens"], 0)
+    raw_subs = np.maximum(_np(table["caption_subcaptions"], 1), 1)  # as ShardStats.add does
+    longs = table["long_captions"]
+    flat = pc.list_flatten(longs)
+    parent = pc.list_parent_indices(longs).to_numpy()
+    model = _np(pc.struct_field(flat, "model"), "")
+    lstatus = _np(pc.struct_field(flat, "status"), S.LONG_OK)
+    tokens = _np(pc.struct_field(flat, "tokens"), 0)
+    subs = _np(pc.list_value_length(pc.struct_field(flat, "subcaption_tokens")), 0)
+    long_ok = ok[parent] & (lstatus == S.LONG_OK)
+    for m, reason in zip(
+        model[ok[parent] & ~long_ok].tolist(), lstatus[ok[parent] & ~long_ok].tolist(), strict=True
+    ):
+        st.model_failures.setdefault(m, Counter())[reason] += 1
+    raw = ok & has_caption
+    st.raw.add_many(raw_tokens[raw], raw_subs[raw])
+    st.long.add_many(tokens[long_ok], subs[long_ok])
+    for m in sorted(set(model[long_ok].tolist())):
+        sel = long_ok & (model == m)
+        st.by_model.setdefault(m, TextGroup()).add_many(tokens[sel], subs[sel])
+    for name in sorted(set(source[ok].tolist())):
+        src = st._source(name)
+        src["images"] += int((ok & (source == name)).sum())
+        sel = raw & (source == name)
+        src["raw"].add_many(raw_tokens[sel], raw_subs[sel])
+        lsel = long_ok & (source[parent] == name)
+        src["long"].add_many(tokens[lsel], subs[lsel])
     return st
 
 
@@ -73,7 +106,7 @@ def collect_stats(root: str | Path) -> ShardStats:
         if parquet in covered:
             continue
         try:
-            parts.append(_stats_from_parquet(parquet))
+            parts.append(stats_from_parquet(parquet))
             log.warning("%s: no stats file, counted from its Parquet metadata", parquet)
         except InputError:
             continue  # not a longcap shard (e.g. an img2dataset sidecar)

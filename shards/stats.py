@@ -30,6 +30,14 @@ class TextGroup:
         self.tokens_hist[int(tokens)] += 1
         self.subcaptions_hist[int(subcaptions)] += 1
 
+    def add_many(self, tokens, subcaptions) -> None:
+        """Count many texts at once (numpy integer arrays of equal length)."""
+        import numpy as np
+
+        for hist, values in ((self.tokens_hist, tokens), (self.subcaptions_hist, subcaptions)):
+            uniq, counts = np.unique(np.asarray(values, dtype=np.int64), return_counts=True)
+            hist.update(dict(zip(uniq.tolist(), counts.tolist(), strict=True)))
+
     def merge(self, other: TextGroup) -> None:
         self.tokens_hist.update(other.tokens_hist)
         self.subcaptions_hist.update(other.subcaptions_hist)

@@ -88,3 +88,27 @@ def test_no_shards_is_a_clear_error(tmp_path):
 
     with pytest.raises(InputError, match="no longcap shards"):
         collect_stats(tmp_path)
+
+
+def test_fallback_counts_per_model_failures_like_the_stats_file(tmp_path):
+    from shards.assemble import assemble
+    from tests.shards.helpers import jpeg_bytes, write_jsonl
+
+    (tmp_path / "a.jpg").write_bytes(jpeg_bytes())
+    rows = [
+        {
+            "key": "a",
+            "image_path": "a.jpg",
+            "caption": "x",
+            "long_captions": {"m": "A. B.", "n": ""},
+        },
+        {"key": "b", "image_path": "a.jpg", "caption": "", "long_captions": {"m": "C.", "n": "D."}},
+        {"key": "c", "image_path": "nope.jpg", "caption": "y"},
+    ]
+    out = tmp_path / "out"
+    assemble(write_jsonl(tmp_path / "m.jsonl", rows), out)
+    with_file = collect_stats(out).report()
+    (out / "00000_stats.json").unlink()
+    assert collect_stats(out).report() == with_file
+    assert with_file["failures"] == {"image_missing": 1, "n:empty": 1}
+    assert with_file["raw"]["texts"] == 1 and with_file["texts"] == 3
