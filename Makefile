@@ -35,6 +35,7 @@ bench: setup
 	$(PY) bench/split.py
 	$(PY) bench/tokens.py
 	$(PY) bench/stats.py
+	$(PY) bench/train.py
 
 clean-venv:
 	rm -rf $(VENV)

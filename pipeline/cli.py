@@ -76,6 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--plots", metavar="DIR", help="write PNG histograms to DIR")
     p.set_defaults(func=_cmd_stats)
+
+    from pipeline.cli_train import add_train_commands
+
+    add_train_commands(sub)
     return parser
 
 

@@ -1,0 +1,117 @@
+"""`longcap train` and `longcap eval`: argument parsing for the bundled corner-token trainer.
+
+`add_train_commands(sub)` registers both on the `longcap` subparsers; the work (and the torch
+import) lives in train_hooks, loaded only when one of these commands runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def _floats(text: str) -> list[float]:
+    return [float(x) for x in text.split(",")]
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from train_hooks.train import TrainConfig, train
+
+    cfg = TrainConfig(
+        shards=args.shards,
+        out=args.out,
+        preset=args.preset,
+        corner_tokens=args.corner_tokens,
+        subcaptions=args.subcaptions,
+        window=args.window,
+        mode=args.mode,
+        context_length=args.context_length,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        warmup=args.warmup,
+        lock_image=args.lock_image,
+        loss_weights=args.loss_weights,
+        seed=args.seed,
+        num_workers=args.workers,
+        shard_format=args.format,
+        text_weights=args.text_weights,
+        vision_weights=args.vision_weights,
+        vocab=args.vocab,
+        save_every=args.save_every,
+        progress=not args.no_progress,
+    )
+    print(
+        f"longcap train: {args.shards} -> {args.out} (preset {args.preset}, "
+        f"K={args.corner_tokens} corner tokens, k={args.subcaptions} sub-captions, "
+        f"context {args.context_length}, {args.steps} steps x batch {args.batch_size})"
+    )
+    res = train(cfg, resume=args.resume)
+    if res["world"] == 1 or int(__import__("os").environ.get("RANK", "0")) == 0:
+        print(f"done: {res['steps']} steps, last loss {res['loss']:.4f}")
+        print(f"checkpoint: {res['checkpoint']}\nlog: {res['log']}")
+        print(f"evaluate: longcap eval --checkpoint {args.out} --shards HELD_OUT_SHARDS")
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from train_hooks.evaluate import evaluate_retrieval, format_results, load_checkpoint, zero_shot
+
+    model, tok, ck = load_checkpoint(args.checkpoint)
+    print(f"longcap eval: checkpoint {ck['path']} (step {ck['step']}) on {args.shards}")
+    models = args.models.split(",") if args.models else None
+    res = evaluate_retrieval(model, tok, args.shards, args.format, models, args.max_samples)
+    if args.zeroshot:
+        classes = Path(args.classes).read_text().split("\n") if args.classes else None
+        classes = [c for c in classes if c.strip()] if classes else None
+        res.update(zero_shot(model, tok, args.zeroshot, args.label_field, classes))
+    print(f"{res['images']} images, {res.get('long_texts', 0)} long texts")
+    print(format_results(res))
+    if args.json:
+        Path(args.json).write_text(json.dumps(res, indent=1))
+        print(f"results: {args.json}")
+    return 0
+
+
+def add_train_commands(sub) -> None:
+    """Register `train` and `eval` on the `longcap` argparse subparsers object."""
+    p = sub.add_parser("train", help="train LoTLIP's corner-token model on built shards")
+    p.add_argument("--shards", required=True, help="folder of longcap shards (longcap shards)")
+    p.add_argument("--out", required=True, help="run folder: config, log.jsonl, checkpoints/")
+    p.add_argument("--preset", default="tiny", choices=["tiny", "base"])
+    p.add_argument("--corner-tokens", type=int, default=2, help="K corner tokens")
+    p.add_argument("--subcaptions", type=int, default=4, help="k sub-captions per long text")
+    p.add_argument("--window", type=int, default=1, help="m consecutive sub-captions per piece")
+    p.add_argument("--mode", default="one_model", choices=["one_model", "across_models"])
+    p.add_argument("--context-length", type=int, default=192)
+    p.add_argument("--steps", type=int, default=1000)
+    p.add_argument("--batch-size", type=int, default=32, help="per process")
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--weight-decay", type=float, default=0.1)
+    p.add_argument("--warmup", type=int, default=None, help="steps (default 10%%)")
+    p.add_argument("--lock-image", action="store_true", help="freeze the image tower (LiT)")
+    p.add_argument("--loss-weights", type=_floats, default=None, help="e.g. 1,1,1,1")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=2, help="DataLoader workers")
+    p.add_argument("--format", default="auto", choices=["auto", "tar", "parquet"])
+    p.add_argument("--text-weights", help="local bert-base-uncased folder")
+    p.add_argument("--vision-weights", help="local ViT folder")
+    p.add_argument("--vocab", help="vocab.txt or folder (default: bundled BERT uncased)")
+    p.add_argument("--save-every", type=int, default=None, help="steps between checkpoints")
+    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("eval", help="retrieval R@1/R@5 (and zero-shot) of a trained checkpoint")
+    p.add_argument("--checkpoint", required=True, help="run folder (latest checkpoint) or .pt")
+    p.add_argument("--shards", required=True, help="held-out shard folder")
+    p.add_argument("--format", default="auto", choices=["auto", "tar", "parquet"])
+    p.add_argument("--models", help="only these models' long captions, comma-separated")
+    p.add_argument("--max-samples", type=int, default=None)
+    p.add_argument("--zeroshot", metavar="DIR", help="labelled shard folder for zero-shot")
+    p.add_argument("--label-field", default="source", help="metadata field holding the class")
+    p.add_argument("--classes", help="file of class names, one a line")
+    p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    p.set_defaults(func=_cmd_eval)
