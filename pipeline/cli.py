@@ -19,6 +19,7 @@ def _cmd_shards(args: argparse.Namespace) -> int:
         parquet_images=not args.no_parquet_images,
         tokenizer=args.tokenizer,
         verify_images=not args.no_verify_images,
+        captions=args.captions,
     )
     print(f"longcap shards: {args.input} -> {args.out} (formats {','.join(cfg.formats)})")
     t0 = time.perf_counter()
@@ -49,6 +50,21 @@ def _cmd_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_recaption(args: argparse.Namespace) -> int:
+    from pipeline.recaption import main as recaption_main
+
+    return recaption_main(["--config", args.config])
+
+
+def _cmd_tiny_models(args: argparse.Namespace) -> int:
+    from recaption.tiny_models import make_tiny_models
+
+    made = make_tiny_models(args.dir, seed=args.seed)
+    for family, path in made.items():
+        print(f"{family}: {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="longcap",
@@ -69,7 +85,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-parquet-images", action="store_true", help="images only in the tar")
     p.add_argument("--no-verify-images", action="store_true", help="read headers only")
     p.add_argument("--tokenizer", default=None, help="tokenizer folder (default: BERT uncased)")
+    p.add_argument(
+        "--captions",
+        default=None,
+        help="recaption OUTPUT folder: join captions/<model>/NNNNN.parquet to the input shards",
+    )
     p.set_defaults(func=_cmd_shards)
+
+    p = sub.add_parser("recaption", help="recaption input shards with MLLMs (vLLM in Ray actors)")
+    p.add_argument("--config", required=True, help="run.yaml (see README)")
+    p.set_defaults(func=_cmd_recaption)
+
+    p = sub.add_parser("tiny-models", help="create tiny random VLMs for CPU runs and tests")
+    p.add_argument("dir", help="folder; one subfolder per family (llava-1.5, qwen2-vl)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_tiny_models)
 
     p = sub.add_parser("stats", help="LoTLIP Table 1 statistics of a built dataset")
     p.add_argument("dir", help="folder of longcap shards")

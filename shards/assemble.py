@@ -44,6 +44,7 @@ class AssembleConfig:
     tokenizer: str | None = None
     verify_images: bool = True
     batch_size: int = 512
+    captions: str | None = None  # a recaption OUTPUT folder whose captions to join
 
     def validate(self, where: str = "assemble config") -> None:
         if self.shard_size < 1:
@@ -154,6 +155,8 @@ def _long_caption(model: str, entry: dict[str, Any]) -> S.LongCaption:
         flags=list(entry.get("flags") or []),
         status=entry.get("status") or S.LONG_OK,
     )
+    if lc.status != S.LONG_OK:
+        return lc  # e.g. the recaption stage's reason this model has no caption
     if not ok:
         lc.status = S.LONG_NOT_UTF8
     elif not lc.text:
@@ -261,11 +264,19 @@ def assemble(
     shard_start = skip
     n_in = n_ok = 0
 
+    join = None
+    if cfg.captions:
+        from shards.captions_join import CaptionJoin
+
+        join = CaptionJoin(cfg.captions)
+
     def rows() -> Iterator[InputSample]:
         nonlocal position
         for inp in read_input(input_path):
             position += 1
             if position > skip:
+                if join is not None:
+                    join.attach(inp)
                 yield inp
 
     try:

@@ -41,6 +41,7 @@ class InputSample:
     image: bytes | None = None
     image_path: Path | None = None
     image_format: str | None = None
+    shard: str | None = None  # the input shard it came from (shard folders only)
 
 
 def as_text(value: Any) -> str | None:

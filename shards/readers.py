@@ -194,23 +194,34 @@ def _is_longcap_shard(parquet: Path) -> bool:
     return S.SCHEMA_METADATA_KEY in meta
 
 
-def read_shard_folder(root: Path) -> Iterator[InputSample]:
-    """img2dataset output or longcap shards: NNNNN.tar with NNNNN.parquet beside it."""
-    tars = sorted(root.glob("*.tar"))
-    parquets = sorted(p for p in root.glob("*.parquet"))
-    names = sorted({p.stem for p in tars} | {p.stem for p in parquets})
+def shard_names(root: Path) -> list[str]:
+    """Names (NNNNN) of the shards in a folder of img2dataset output or longcap shards."""
+    names = sorted({p.stem for p in root.glob("*.tar")} | {p.stem for p in root.glob("*.parquet")})
     if not names:
         raise InputError(f"{root}: no .tar or .parquet shards in this folder")
-    for name in names:
-        tar, parquet = root / f"{name}.tar", root / f"{name}.parquet"
-        if parquet.exists() and _is_longcap_shard(parquet):
-            from shards.shard_reader import read_longcap_shard
+    return names
 
-            yield from read_longcap_shard(parquet, tar if tar.exists() else None)
-        else:
-            yield from iter_tar_samples(
-                tar if tar.exists() else None, parquet if parquet.exists() else None, root.name
-            )
+
+def read_shard(root: Path, name: str) -> Iterator[InputSample]:
+    """The samples of one shard: `name`.tar with `name`.parquet beside it, either may be absent."""
+    tar, parquet = root / f"{name}.tar", root / f"{name}.parquet"
+    if parquet.exists() and _is_longcap_shard(parquet):
+        from shards.shard_reader import read_longcap_shard
+
+        samples = read_longcap_shard(parquet, tar if tar.exists() else None)
+    else:
+        samples = iter_tar_samples(
+            tar if tar.exists() else None, parquet if parquet.exists() else None, root.name
+        )
+    for sample in samples:
+        sample.shard = name
+        yield sample
+
+
+def read_shard_folder(root: Path) -> Iterator[InputSample]:
+    """img2dataset output or longcap shards: NNNNN.tar with NNNNN.parquet beside it."""
+    for name in shard_names(root):
+        yield from read_shard(root, name)
 
 
 def read_input(path: str | Path) -> Iterator[InputSample]:

@@ -1,0 +1,287 @@
+"""The recaption job: every (input shard, model) unit captioned by that model's actor pool.
+
+Run locally as `longcap recaption --config run.yaml` (starts a local Ray when none runs), or on a
+cluster as `ray job submit --address http://HEAD:8265 --working-dir . -- python -m
+pipeline.recaption --config run.yaml`.
+
+How it works: each model has its own pool of engine actors (`recaption.actor`), each holding one
+vLLM engine loaded once. Input shards are decoded and resized by Ray CPU tasks, a few units ahead
+of the engines, and a decoded shard is shared by every model that wants that image size. The
+driver keeps every idle actor busy and waits on all in-flight units at once with `ray.wait`, so
+models never wait for each other. A unit whose actor died is sent again (Ray restarts the actor),
+at most `max_unit_retries` times; then it is reported failed and the job goes on. Finished units
+are skipped on a rerun.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections import Counter, deque
+from pathlib import Path
+from typing import Any
+
+from pipeline.recaption_config import ConfigError, RecaptionConfig, load_config
+from recaption.families import get_family
+from recaption.units import decode_shard, unit_path
+
+NAMESPACE = "longcap"
+_ENGINE_ENV = {
+    "VLLM_LOGGING_LEVEL": "WARNING",
+    "HF_HUB_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+
+
+def init_ray(cfg: RecaptionConfig) -> None:
+    """Join the job's cluster (RAY_ADDRESS, set by `ray job submit`), a running local one, or
+    start a local Ray sized for the config."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = cfg.ray_address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, namespace=NAMESPACE, log_to_driver=True)
+        return
+    try:
+        ray.init(address="auto", namespace=NAMESPACE)
+        return
+    except ConnectionError:
+        pass
+    # Logical CPUs: enough for every engine actor plus decoding, even on a 2-core laptop (the
+    # engines' threads share the real cores; Ray's count only decides what may be scheduled).
+    need = sum(m.replicas * m.cpus_per_replica for m in cfg.models) + cfg.decode_cpus
+    ray.init(
+        num_cpus=max(os.cpu_count() or 1, int(need + 0.999)),
+        namespace=NAMESPACE,
+        include_dashboard=False,
+    )
+
+
+class _Model:
+    """Driver-side state of one model: its actors, its queue of shards, its counts."""
+
+    def __init__(self, cfg, job: RecaptionConfig, shards: list[str]):
+        self.cfg = cfg
+        self.size = cfg.image_size or get_family(cfg.family).image_size
+        self.queue = deque(s for s in shards if not unit_path(job.output, cfg.name, s).exists())
+        self.skipped = len(shards) - len(self.queue)
+        self.idle: list[Any] = []
+        self.images = self.captioned = self.tokens = 0
+        self.failures: Counter[str] = Counter()
+        self.engine_seconds = 0.0
+        self.failed_units: list[dict[str, Any]] = []
+        self.done_units = 0
+        self.live = 0  # actors created and not known to be unable to load
+        self.load_errors: list[str] = []
+
+
+def _make_actor(model: _Model, job: RecaptionConfig, index: int):
+    from recaption.actor import actor_class
+
+    m = model.cfg
+    return (
+        actor_class()
+        .options(
+            name=f"longcap-{m.name}-{index}",
+            num_cpus=m.cpus_per_replica,
+            num_gpus=m.gpus_per_replica,
+            max_restarts=job.max_actor_restarts,
+            max_task_retries=0,  # the driver decides what to resend
+            runtime_env={"env_vars": _ENGINE_ENV},
+        )
+        .remote(m)
+    )
+
+
+def run(job: RecaptionConfig) -> dict[str, Any]:
+    """Run the recaption job to the end; returns (and writes) the run report."""
+    import ray
+    from ray.exceptions import RayActorError, RayTaskError
+
+    from shards.readers import shard_names
+
+    t_start = time.time()
+    names = shard_names(Path(job.input))
+    if job.shards is not None:
+        unknown = sorted(set(job.shards) - set(names))
+        if unknown:
+            raise ConfigError(f"shards: {unknown} not found in {job.input}")
+        names = [n for n in names if n in set(job.shards)]
+    models = {m.name: _Model(m, job, names) for m in job.models}
+    total = sum(len(m.queue) for m in models.values())
+    init_ray(job)
+    decode = ray.remote(decode_shard).options(num_cpus=job.decode_cpus, max_retries=2)
+    decoded: dict[tuple[str, int], Any] = {}
+    # Engines load in parallel; a model's units start as soon as one of its engines is ready.
+    loading: dict[Any, tuple[_Model, Any]] = {}
+    actor_index = 0
+    for model in models.values():
+        if model.queue:
+            for _ in range(model.cfg.replicas):
+                actor = _make_actor(model, job, actor_index)
+                loading[actor.ready.remote()] = (model, actor)
+                model.live += 1
+                actor_index += 1
+
+    def decoded_ref(shard: str, size: int):
+        if (shard, size) not in decoded:
+            decoded[(shard, size)] = decode.remote(job.input, shard, size)
+        return decoded[(shard, size)]
+
+    def release(shard: str, size: int) -> None:
+        # Drop our reference once no model still queues this shard at this size.
+        if not any(shard in m.queue and m.size == size for m in models.values()):
+            decoded.pop((shard, size), None)
+
+    bar = _progress(job, total)
+    inflight: dict[Any, tuple[_Model, Any, str]] = {}
+    attempts: Counter[tuple[str, str]] = Counter()
+    while True:
+        for model in models.values():
+            while model.idle and model.queue:
+                shard = model.queue.popleft()
+                actor = model.idle.pop()
+                ref = actor.caption_unit.remote(decoded_ref(shard, model.size), job.output)
+                inflight[ref] = (model, actor, shard)
+                release(shard, model.size)
+            for shard in list(model.queue)[: job.prefetch_units]:
+                decoded_ref(shard, model.size)  # engines never wait for the CPU
+        if not inflight and not loading:
+            break
+        done, _ = ray.wait(list(inflight) + list(loading), num_returns=1)
+        for ref in done:
+            if ref in loading:
+                model, actor = loading.pop(ref)
+                try:
+                    ray.get(ref)
+                    model.idle.append(actor)
+                except (RayActorError, RayTaskError) as exc:
+                    model.live -= 1
+                    model.load_errors.append(_short(exc))
+                    if model.live == 0:
+                        # No engine of this model can load: fail its units now, clearly.
+                        error = f"no engine could load: {model.load_errors[-1]}"
+                        bar.update(len(model.queue))
+                        model.failed_units += [{"shard": s, "error": error} for s in model.queue]
+                        model.queue.clear()
+                continue
+            model, actor, shard = inflight.pop(ref)
+            try:
+                summary = ray.get(ref)
+            except RayActorError as exc:
+                # Infrastructure: the actor died (killed, OOM, node lost). Ray restarts it.
+                attempts[(model.cfg.name, shard)] += 1
+                model.idle.append(actor)
+                if attempts[(model.cfg.name, shard)] <= job.max_unit_retries:
+                    model.queue.appendleft(shard)
+                else:
+                    model.failed_units.append({"shard": shard, "error": _short(exc)})
+                    bar.update(1)
+                continue
+            except RayTaskError as exc:
+                # The unit itself is broken (unreadable shard): retrying would fail again.
+                model.idle.append(actor)
+                model.failed_units.append({"shard": shard, "error": _short(exc)})
+                bar.update(1)
+                continue
+            model.idle.append(actor)
+            model.done_units += 1
+            model.images += summary["images"]
+            model.captioned += summary["captioned"]
+            model.tokens += summary["generated_tokens"]
+            model.engine_seconds += summary["seconds"]
+            model.failures.update(summary["failures"])
+            bar.update(1)
+            bar.set_postfix_str(_rates(models, t_start), refresh=False)
+    bar.close()
+    report = _report(job, models, t_start)
+    out = Path(job.output)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / ".recaption_report.json.tmp"
+    tmp.write_text(json.dumps(report, indent=1))
+    os.replace(tmp, out / "recaption_report.json")
+    return report
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[-1][:500] if text else type(exc).__name__
+
+
+def _progress(job: RecaptionConfig, total: int):
+    from tqdm import tqdm
+
+    return tqdm(
+        total=total,
+        desc="recaption units",
+        unit="unit",
+        disable=not job.progress,
+        mininterval=0.5 if sys.stderr.isatty() else 10.0,
+    )
+
+
+def _rates(models: dict[str, _Model], t_start: float) -> str:
+    wall = max(time.time() - t_start, 1e-9)
+    return " ".join(f"{n}: {m.images} img {m.images / wall:.1f}/s" for n, m in models.items())
+
+
+def _report(job: RecaptionConfig, models: dict[str, _Model], t_start: float) -> dict[str, Any]:
+    wall = time.time() - t_start
+    per_model = {}
+    for name, m in models.items():
+        per_model[name] = {
+            "family": m.cfg.family,
+            "path": m.cfg.path,
+            "units_done": m.done_units,
+            "units_skipped": m.skipped,
+            "units_failed": m.failed_units,
+            "images": m.images,
+            "captioned": m.captioned,
+            "failures": dict(sorted(m.failures.items())),
+            "generated_tokens": m.tokens,
+            "images_per_s": m.images / wall if wall else None,
+            "generated_tokens_per_s": m.tokens / wall if wall else None,
+            "engine_seconds": m.engine_seconds,
+        }
+    return {
+        "input": job.input,
+        "output": job.output,
+        "wall_seconds": wall,
+        "models": per_model,
+        "complete": all(not m["units_failed"] for m in per_model.values()),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline.recaption", description="Recaption input shards with MLLMs."
+    )
+    parser.add_argument("--config", required=True, help="run.yaml")
+    args = parser.parse_args(argv)
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as exc:
+        print(f"recaption: error: {exc}", file=sys.stderr)
+        return 2
+    print(
+        f"recaption: {cfg.input} -> {cfg.output}/captions/<model>/ with "
+        f"{', '.join(f'{m.name} ({m.family} x{m.replicas})' for m in cfg.models)}"
+    )
+    report = run(cfg)
+    for name, m in report["models"].items():
+        print(
+            f"  {name}: {m['captioned']:,}/{m['images']:,} images captioned, "
+            f"{m['units_done']} units done, {m['units_skipped']} skipped, "
+            f"{len(m['units_failed'])} failed, {m['images_per_s']:.2f} images/s"
+        )
+    print(f"report: {Path(cfg.output) / 'recaption_report.json'}")
+    return 0 if report["complete"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

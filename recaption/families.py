@@ -1,0 +1,86 @@
+"""The MLLM families longcap can recaption with: prompt formats and engine defaults.
+
+A family fixes how a user prompt and one image become the text prompt the model was trained on,
+and the vLLM settings that suit it. Prompt formats are the ones the public checkpoints use
+(Hugging Face model cards / chat templates):
+- llava-1.5: `USER: <image>\\n{prompt} ASSISTANT:` (llava-hf/llava-1.5-7b-hf). ShareGPT4V's
+  captioner and ShareGPT4V-7B are LLaVA-1.5 models and use the same format.
+- qwen2-vl / qwen2.5-vl: ChatML with `<|vision_start|><|image_pad|><|vision_end|>` before the text.
+- blip-2: `Question: {prompt} Answer:` (vLLM supports BLIP-2, not InstructBLIP, in 0.32).
+- internvl: ChatML with `<image>\\n` before the text (InternVL2/2.5 chat models).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+_QWEN_SYSTEM = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    architecture: str  # the HF `architectures` entry vLLM loads
+    template: str  # {prompt} is replaced by the user's prompt
+    image_size: int  # longer side images are resized to before the engine (CPU-side)
+    max_model_len: int = 4096
+    engine_defaults: dict[str, Any] = field(default_factory=dict)
+    stop: tuple[str, ...] = ()
+
+    def format_prompt(self, prompt: str) -> str:
+        return self.template.replace("{prompt}", prompt)
+
+
+FAMILIES: dict[str, Family] = {
+    f.name: f
+    for f in (
+        Family(
+            "llava-1.5",
+            "LlavaForConditionalGeneration",
+            "USER: <image>\n{prompt} ASSISTANT:",
+            image_size=336,
+            stop=("</s>", "USER:"),
+        ),
+        Family(
+            "qwen2-vl",
+            "Qwen2VLForConditionalGeneration",
+            _QWEN_SYSTEM
+            + "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>{prompt}<|im_end|>\n"
+            "<|im_start|>assistant\n",
+            image_size=448,
+            stop=("<|im_end|>",),
+        ),
+        Family(
+            "qwen2.5-vl",
+            "Qwen2_5_VLForConditionalGeneration",
+            _QWEN_SYSTEM
+            + "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>{prompt}<|im_end|>\n"
+            "<|im_start|>assistant\n",
+            image_size=448,
+            stop=("<|im_end|>",),
+        ),
+        Family(
+            "blip-2",
+            "Blip2ForConditionalGeneration",
+            "Question: {prompt} Answer:",
+            image_size=224,
+            max_model_len=2048,
+        ),
+        Family(
+            "internvl",
+            "InternVLChatModel",
+            "<|im_start|>user\n<image>\n{prompt}<|im_end|>\n<|im_start|>assistant\n",
+            image_size=448,
+            engine_defaults={"trust_remote_code": True},
+            stop=("<|im_end|>",),
+        ),
+    )
+}
+
+
+def get_family(name: str) -> Family:
+    try:
+        return FAMILIES[name]
+    except KeyError:
+        raise ValueError(f"unknown family {name!r}; one of {sorted(FAMILIES)}") from None

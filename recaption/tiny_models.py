@@ -1,0 +1,239 @@
+"""`longcap tiny-models DIR`: small randomly initialised VLMs that vLLM runs on a CPU.
+
+One folder per family, named as a config spells the family (`DIR/llava-1.5`, `DIR/qwen2-vl`),
+each a complete Hugging Face checkpoint (config, safetensors weights, tokenizer, processor, chat
+template) usable as a model `path`. Nothing is downloaded: the tokenizer is a byte-level BPE
+trained here on generated captions, and the weights are drawn from a seeded generator, so the
+same call gives the same files. The shapes follow what vLLM's CPU backend accepts (attention
+head size 64, see shared/ENVIRONMENT.md). Captions from random weights are gibberish; they
+exercise every part of the pipeline but say nothing about quality.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+TINY_FAMILIES = ("llava-1.5", "qwen2-vl")
+_VOCAB = 2048
+_LLAVA_SPECIALS = ["<unk>", "<s>", "</s>", "<image>", "<pad>"]
+_QWEN_SPECIALS = [
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+]
+
+
+def _corpus() -> list[str]:
+    from pipeline.sample_data import synthetic_long_captions
+
+    prompts = [
+        "USER: ASSISTANT: Describe the image in detail.",
+        "What is in this picture? Write a long, detailed caption.",
+        "system You are a helpful assistant. user assistant",
+    ]
+    return prompts * 20 + synthetic_long_captions(2000, seed=7)
+
+
+def _train_tokenizer(specials: list[str]):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=_VOCAB,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(_corpus(), trainer)
+    return tok
+
+
+_LLAVA_CHAT = (
+    "{% for m in messages %}{% if m['role'] == 'user' %}USER: "
+    "{% for c in m['content'] %}{% if c['type'] == 'image' %}<image>\n{% else %}{{ c['text'] }}"
+    "{% endif %}{% endfor %} {% else %}ASSISTANT: {{ m['content'][0]['text'] }}</s>{% endif %}"
+    "{% endfor %}{% if add_generation_prompt %}ASSISTANT:{% endif %}"
+)
+_QWEN_CHAT = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n"
+    "{% if m['content'] is string %}{{ m['content'] }}{% else %}{% for c in m['content'] %}"
+    "{% if c['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% else %}{{ c['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def _seed_all(seed: int) -> None:
+    import torch
+
+    torch.manual_seed(seed)
+
+
+def make_llava(out: Path, seed: int = 0) -> Path:
+    """Tiny LLaVA-1.5: CLIP vision tower (56 px, patch 14) + 2-layer Llama, byte-level BPE."""
+    from transformers import (
+        CLIPImageProcessor,
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+        PreTrainedTokenizerFast,
+    )
+
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=_train_tokenizer(_LLAVA_SPECIALS),
+        unk_token="<unk>",
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        extra_special_tokens={"image_token": "<image>"},
+    )
+    image_id = tok.convert_tokens_to_ids("<image>")
+    text = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        head_dim=64,
+        max_position_embeddings=1024,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+    vision = CLIPVisionConfig(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=56,
+        patch_size=14,
+        projection_dim=64,
+    )
+    cfg = LlavaConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_index=image_id,
+        vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+    )
+    _seed_all(seed)
+    model = LlavaForConditionalGeneration(cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    _rename_llava_vision_weights(out)
+    image_processor = CLIPImageProcessor(
+        size={"shortest_edge": 56}, crop_size={"height": 56, "width": 56}
+    )
+    processor = LlavaProcessor(
+        image_processor=image_processor,
+        tokenizer=tok,
+        patch_size=14,
+        vision_feature_select_strategy="default",
+        chat_template=_LLAVA_CHAT,
+    )
+    processor.save_pretrained(out)
+    tok.chat_template = _LLAVA_CHAT
+    tok.save_pretrained(out)
+    return out
+
+
+def _rename_llava_vision_weights(out: Path) -> None:
+    """transformers 5 saves the CLIP tower as `vision_tower.embeddings.*`; vLLM 0.32 loads
+    `vision_tower.vision_model.*`. Rewrite the names so both load the checkpoint."""
+    from safetensors.torch import load_file, save_file
+
+    path = out / "model.safetensors"
+    tensors = load_file(path)
+    renamed = {}
+    for name, t in tensors.items():
+        for prefix in ("model.vision_tower.", "vision_tower."):
+            if name.startswith(prefix) and not name.startswith(prefix + "vision_model."):
+                name = prefix + "vision_model." + name[len(prefix) :]
+                break
+        renamed[name] = t
+    save_file(renamed, path, metadata={"format": "pt"})
+
+
+def make_qwen2_vl(out: Path, seed: int = 0) -> Path:
+    """Tiny Qwen2-VL: 2-block vision tower (patch 14, merge 2) + 2-layer Qwen2, byte-level BPE."""
+    from transformers import (
+        PreTrainedTokenizerFast,
+        Qwen2VLConfig,
+        Qwen2VLForConditionalGeneration,
+        Qwen2VLImageProcessor,
+        Qwen2VLProcessor,
+        Qwen2VLVideoProcessor,
+    )
+
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=_train_tokenizer(_QWEN_SPECIALS),
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+    )
+    ids = {t: tok.convert_tokens_to_ids(t) for t in _QWEN_SPECIALS}
+    cfg = Qwen2VLConfig(
+        text_config={
+            "vocab_size": len(tok),
+            "hidden_size": 128,
+            "intermediate_size": 256,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "num_key_value_heads": 2,
+            "max_position_embeddings": 1024,
+            "rope_scaling": {"type": "mrope", "mrope_section": [16, 8, 8]},
+            "bos_token_id": ids["<|endoftext|>"],
+            "eos_token_id": ids["<|im_end|>"],
+        },
+        vision_config={
+            "depth": 2,
+            "embed_dim": 64,
+            "hidden_size": 128,
+            "num_heads": 2,
+            "patch_size": 14,
+            "spatial_merge_size": 2,
+            "temporal_patch_size": 2,
+        },
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+    )
+    _seed_all(seed)
+    model = Qwen2VLForConditionalGeneration(cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    # 56x56 px -> 4x4 patches -> 4 image tokens after the 2x2 merge: tiny and fast.
+    image_processor = Qwen2VLImageProcessor(min_pixels=56 * 56, max_pixels=112 * 112)
+    processor = Qwen2VLProcessor(
+        image_processor=image_processor,
+        tokenizer=tok,
+        video_processor=Qwen2VLVideoProcessor(min_pixels=56 * 56, max_pixels=112 * 112),
+        chat_template=_QWEN_CHAT,
+    )
+    processor.save_pretrained(out)
+    tok.chat_template = _QWEN_CHAT
+    tok.save_pretrained(out)
+    return out
+
+
+def make_tiny_models(root: str | Path, families=TINY_FAMILIES, seed: int = 0) -> dict[str, Path]:
+    """Create the tiny models under root; returns family -> folder."""
+    builders = {"llava-1.5": make_llava, "qwen2-vl": make_qwen2_vl}
+    root = Path(root)
+    made = {}
+    for fam in families:
+        if fam not in builders:
+            raise ValueError(f"no tiny model for family {fam!r}; one of {sorted(builders)}")
+        made[fam] = builders[fam](root / fam, seed=seed)
+        (root / fam / "longcap_tiny.json").write_text(json.dumps({"family": fam, "seed": seed}))
+    return made
