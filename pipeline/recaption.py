@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 from collections import Counter, deque
@@ -101,7 +102,7 @@ def _make_actor(model: _Model, job: RecaptionConfig, index: int):
 def run(job: RecaptionConfig) -> dict[str, Any]:
     """Run the recaption job to the end; returns (and writes) the run report."""
     import ray
-    from ray.exceptions import RayActorError, RayTaskError
+    from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError
 
     from shards.readers import shard_names
 
@@ -138,10 +139,16 @@ def run(job: RecaptionConfig) -> dict[str, Any]:
         if not any(shard in m.queue and m.size == size for m in models.values()):
             decoded.pop((shard, size), None)
 
+    # Actors that are restarting: ask them `ready` again after a pause.
+    recheck: list[tuple[float, _Model, Any]] = []
     bar = _progress(job, total)
     inflight: dict[Any, tuple[_Model, Any, str]] = {}
     attempts: Counter[tuple[str, str]] = Counter()
     while True:
+        now = time.time()
+        for _due, model, actor in [r for r in recheck if r[0] <= now]:
+            loading[actor.ready.remote()] = (model, actor)
+        recheck = [r for r in recheck if r[0] > now]
         for model in models.values():
             while model.idle and model.queue:
                 shard = model.queue.popleft()
@@ -151,15 +158,21 @@ def run(job: RecaptionConfig) -> dict[str, Any]:
                 release(shard, model.size)
             for shard in list(model.queue)[: job.prefetch_units]:
                 decoded_ref(shard, model.size)  # engines never wait for the CPU
-        if not inflight and not loading:
+        if not inflight and not loading and not recheck:
             break
-        done, _ = ray.wait(list(inflight) + list(loading), num_returns=1)
+        waiting = list(inflight) + list(loading)
+        if not waiting:
+            time.sleep(0.5)
+            continue
+        done, _ = ray.wait(waiting, num_returns=1, timeout=0.5 if recheck else None)
         for ref in done:
             if ref in loading:
                 model, actor = loading.pop(ref)
                 try:
                     ray.get(ref)
                     model.idle.append(actor)
+                except ActorUnavailableError:
+                    recheck.append((time.time() + 1.0, model, actor))  # still restarting
                 except (RayActorError, RayTaskError) as exc:
                     model.live -= 1
                     model.load_errors.append(_short(exc))
@@ -174,9 +187,10 @@ def run(job: RecaptionConfig) -> dict[str, Any]:
             try:
                 summary = ray.get(ref)
             except RayActorError as exc:
-                # Infrastructure: the actor died (killed, OOM, node lost). Ray restarts it.
+                # Infrastructure: the actor died (killed, OOM, node lost). Ray restarts it; it
+                # gets work again once it answers `ready` (its engine reloaded).
                 attempts[(model.cfg.name, shard)] += 1
-                model.idle.append(actor)
+                recheck.append((time.time() + 1.0, model, actor))
                 if attempts[(model.cfg.name, shard)] <= job.max_unit_retries:
                     model.queue.appendleft(shard)
                 else:
@@ -209,8 +223,11 @@ def run(job: RecaptionConfig) -> dict[str, Any]:
 
 
 def _short(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[-1][:500] if text else type(exc).__name__
+    """The line of a Ray error that says what went wrong (its last "XError: ..." line)."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    errors = [line for line in lines if re.match(r"[\w.]*(Error|Exception|Exit)\b.*: ", line)]
+    best = errors[-1] if errors else (lines[-1] if lines else type(exc).__name__)
+    return best[:500]
 
 
 def _progress(job: RecaptionConfig, total: int):

@@ -10,6 +10,11 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Ray 2.60 turns token auth on for a cluster whenever ~/.ray/auth_token exists (any earlier local
+# ray.init() writes one), and a client given only an address then fails with InvalidAuthToken.
+# The test clusters listen on 127.0.0.1 only: run them, and their clients, without auth.
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 
 @pytest.fixture

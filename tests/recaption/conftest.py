@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -110,6 +111,8 @@ def ray_head(tmp_path_factory):
         try:
             urllib.request.urlopen(f"{dashboard}/api/version", timeout=2)
             break
+        except urllib.error.HTTPError:
+            break  # it answers (Ray 2.60 asks for its auth token): the job API is up
         except OSError:
             if head.poll() is not None or time.time() > deadline:
                 head.kill()
