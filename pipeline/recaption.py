@@ -78,6 +78,10 @@ class _Model:
         self.failed_units: list[dict[str, Any]] = []
         self.done_units = 0
         self.live = 0  # actors created and not known to be unable to load
+        # Steady state: images of the units finished after the first one, over that span.
+        self.first_done: float | None = None
+        self.last_done: float | None = None
+        self.images_after_first = 0
         self.load_errors: list[str] = []
 
 
@@ -205,6 +209,12 @@ def run(job: RecaptionConfig) -> dict[str, Any]:
                 continue
             model.idle.append(actor)
             model.done_units += 1
+            now = time.time()
+            if model.first_done is None:
+                model.first_done = now
+            else:
+                model.images_after_first += summary["engine_images"]
+            model.last_done = now
             model.images += summary["images"]
             model.captioned += summary["captioned"]
             model.tokens += summary["generated_tokens"]
@@ -264,6 +274,11 @@ def _report(job: RecaptionConfig, models: dict[str, _Model], t_start: float) -> 
             "images_per_s": m.images / wall if wall else None,
             "generated_tokens_per_s": m.tokens / wall if wall else None,
             "engine_seconds": m.engine_seconds,
+            "steady_images_per_s": (
+                m.images_after_first / (m.last_done - m.first_done)
+                if m.first_done is not None and m.last_done > m.first_done
+                else None
+            ),
         }
     return {
         "input": job.input,

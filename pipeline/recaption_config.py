@@ -32,7 +32,9 @@ class ModelConfig:
     replicas: int = 1
     gpus_per_replica: float = 0.0  # 0: vLLM's CPU build; >= 1: tensor-parallel size
     cpus_per_replica: float = 1.0
-    batch_size: int = 64  # images per engine call (progress and memory granularity)
+    # Images per engine call. vLLM batches continuously inside a call; between calls the engine
+    # drains, so a call should hold many times max_num_seqs images.
+    batch_size: int = 1024
     image_size: int | None = None  # longer side before the engine; None: the family's
     max_model_len: int | None = None
     dtype: str = "bfloat16"
@@ -54,7 +56,7 @@ class RecaptionConfig:
 
 
 def _fail(where: str, msg: str) -> ConfigError:
-    return ConfigError(f"{where}: {msg}")
+    return ConfigError(f"{where}: {msg}" if where else msg)
 
 
 def _coerce(value: Any, typ: Any, where: str) -> Any:
@@ -183,13 +185,13 @@ def load_config(path: str | Path) -> RecaptionConfig:
     cfg = parse_config(data, str(p))
     # Relative paths in a config are relative to the config file, as a user reads them.
     base = p.resolve().parent
-    cfg.input = str((base / cfg.input).resolve())
-    cfg.output = str((base / cfg.output).resolve())
+    cfg.input = str((base / Path(cfg.input).expanduser()).resolve())
+    cfg.output = str((base / Path(cfg.output).expanduser()).resolve())
     for i, m in enumerate(cfg.models):
-        local = Path(m.path) if Path(m.path).is_absolute() else base / m.path
+        local = base / Path(m.path).expanduser()  # an absolute path stays as it is
         if local.exists():
             m.path = str(local.resolve())
-        elif m.path.startswith((".", "/")) or m.path.count("/") != 1:
+        elif m.path.startswith((".", "/", "~")) or m.path.count("/") != 1:
             # Not a folder and not shaped like a hub id ("org/name"): a typo, say so now.
             raise ConfigError(f"{p}: models[{i}].path: {m.path!r} is neither a folder nor a hub id")
     return cfg

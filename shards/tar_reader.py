@@ -147,7 +147,7 @@ def iter_tar_samples(tar: Path | None, parquet: Path | None, source: str) -> Ite
         status = str(row.get("status") or "")
         if status in I2D_STATUS or (status and status != "success"):
             sample.status = I2D_STATUS.get(status, status)
-            sample.error = row.get("error_message") or status
+            sample.error = f"{origin}: {row.get('error_message') or status}"
         elif truncated:
             sample.status, sample.error = FAIL_TRUNCATED, truncated
         else:

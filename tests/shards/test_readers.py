@@ -85,7 +85,9 @@ def test_img2dataset_folder_keeps_failed_rows(tmp_path):
     samples = list(read_input(tmp_path / "i2d"))
     assert [s.key for s in samples] == ["00000", "00001", "00002", "00003"]
     assert [s.status for s in samples] == ["ok", "ok", "ok", S.FAIL_DOWNLOAD]
-    assert samples[3].error == "HTTP Error 404: Not Found"
+    assert (
+        samples[3].error == f"{tmp_path / 'i2d' / '00000.parquet'}:00003: HTTP Error 404: Not Found"
+    )
     assert samples[0].url == "http://h/0.jpg" and samples[0].image == ok[0]["jpg"]
     assert samples[0].source == "i2d"
 
