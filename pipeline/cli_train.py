@@ -26,6 +26,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         subcaptions=args.subcaptions,
         window=args.window,
         mode=args.mode,
+        models=args.models.split(",") if args.models else None,
         context_length=args.context_length,
         steps=args.steps,
         batch_size=args.batch_size,
@@ -85,6 +86,7 @@ def add_train_commands(sub) -> None:
     p.add_argument("--subcaptions", type=int, default=4, help="k sub-captions per long text")
     p.add_argument("--window", type=int, default=1, help="m consecutive sub-captions per piece")
     p.add_argument("--mode", default="one_model", choices=["one_model", "across_models"])
+    p.add_argument("--models", help="only these models' long captions, comma-separated")
     p.add_argument("--context-length", type=int, default=192)
     p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--batch-size", type=int, default=32, help="per process")

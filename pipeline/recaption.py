@@ -30,6 +30,7 @@ from recaption.families import get_family
 from recaption.units import decode_shard, unit_path
 
 NAMESPACE = "longcap"
+UNITS_PER_ACTOR = 2
 _ENGINE_ENV = {
     "VLLM_LOGGING_LEVEL": "WARNING",
     "HF_HUB_OFFLINE": "1",
@@ -48,19 +49,33 @@ def init_ray(cfg: RecaptionConfig) -> None:
     if address:
         ray.init(address=address, namespace=NAMESPACE, log_to_driver=True)
         return
-    try:
+    if _local_cluster_alive():
         ray.init(address="auto", namespace=NAMESPACE)
         return
-    except ConnectionError:
-        pass
     # Logical CPUs: enough for every engine actor plus decoding, even on a 2-core laptop (the
     # engines' threads share the real cores; Ray's count only decides what may be scheduled).
     need = sum(m.replicas * m.cpus_per_replica for m in cfg.models) + cfg.decode_cpus
     ray.init(
+        address="local",  # never a stale cluster file left by a crashed run
         num_cpus=max(os.cpu_count() or 1, int(need + 0.999)),
         namespace=NAMESPACE,
         include_dashboard=False,
     )
+
+
+def _local_cluster_alive() -> bool:
+    """Is the cluster named in Ray's current-cluster file up? (A crash leaves the file behind,
+    and `ray.init(address="auto")` then waits minutes on a dead address.)"""
+    import socket
+    import tempfile
+
+    tmp = os.environ.get("RAY_TMPDIR") or os.path.join(tempfile.gettempdir(), "ray")
+    try:
+        host, _, port = Path(tmp, "ray_current_cluster").read_text().strip().rpartition(":")
+        with socket.create_connection((host, int(port)), timeout=1):
+            return True
+    except (OSError, ValueError):
+        return False
 
 
 class _Model:
@@ -123,14 +138,16 @@ def run(job: RecaptionConfig) -> dict[str, Any]:
     decode = ray.remote(decode_shard).options(num_cpus=job.decode_cpus, max_retries=2)
     decoded: dict[tuple[str, int], Any] = {}
     # Engines load in parallel; a model's units start as soon as one of its engines is ready.
-    loading: dict[Any, tuple[_Model, Any]] = {}
+    # An actor holds UNITS_PER_ACTOR units at a time (slots): while it captions one, the next
+    # one's decoded images are already on their way, so the engine never idles between units.
+    loading: dict[Any, tuple[_Model, Any, int]] = {}
     actor_index = 0
     for model in models.values():
         if model.queue:
             for _ in range(model.cfg.replicas):
                 actor = _make_actor(model, job, actor_index)
-                loading[actor.ready.remote()] = (model, actor)
-                model.live += 1
+                loading[actor.ready.remote()] = (model, actor, UNITS_PER_ACTOR)
+                model.live += UNITS_PER_ACTOR
                 actor_index += 1
 
     def decoded_ref(shard: str, size: int):
@@ -144,19 +161,22 @@ def run(job: RecaptionConfig) -> dict[str, Any]:
             decoded.pop((shard, size), None)
 
     # Actors that are restarting: ask them `ready` again after a pause.
-    recheck: list[tuple[float, _Model, Any]] = []
+    recheck: list[tuple[float, _Model, Any, int]] = []
     bar = _progress(job, total)
     inflight: dict[Any, tuple[_Model, Any, str]] = {}
     attempts: Counter[tuple[str, str]] = Counter()
     while True:
         now = time.time()
-        for _due, model, actor in [r for r in recheck if r[0] <= now]:
-            loading[actor.ready.remote()] = (model, actor)
+        for _due, model, actor, slots in [r for r in recheck if r[0] <= now]:
+            loading[actor.ready.remote()] = (model, actor, slots)
         recheck = [r for r in recheck if r[0] > now]
         for model in models.values():
             while model.idle and model.queue:
                 shard = model.queue.popleft()
-                actor = model.idle.pop()
+                # The free slot of the least busy actor: spread units before stacking them.
+                busy = Counter(id(a) for m, a, _ in inflight.values() if m is model)
+                actor = min(model.idle, key=lambda a: busy[id(a)])
+                model.idle.remove(actor)
                 ref = actor.caption_unit.remote(decoded_ref(shard, model.size), job.output)
                 inflight[ref] = (model, actor, shard)
                 release(shard, model.size)
@@ -171,14 +191,14 @@ def run(job: RecaptionConfig) -> dict[str, Any]:
         done, _ = ray.wait(waiting, num_returns=1, timeout=0.5 if recheck else None)
         for ref in done:
             if ref in loading:
-                model, actor = loading.pop(ref)
+                model, actor, slots = loading.pop(ref)
                 try:
                     ray.get(ref)
-                    model.idle.append(actor)
+                    model.idle += [actor] * slots
                 except ActorUnavailableError:
-                    recheck.append((time.time() + 1.0, model, actor))  # still restarting
+                    recheck.append((time.time() + 1.0, model, actor, slots))  # restarting
                 except (RayActorError, RayTaskError) as exc:
-                    model.live -= 1
+                    model.live -= slots
                     model.load_errors.append(_short(exc))
                     if model.live == 0:
                         # No engine of this model can load: fail its units now, clearly.
@@ -194,7 +214,7 @@ def run(job: RecaptionConfig) -> dict[str, Any]:
                 # Infrastructure: the actor died (killed, OOM, node lost). Ray restarts it; it
                 # gets work again once it answers `ready` (its engine reloaded).
                 attempts[(model.cfg.name, shard)] += 1
-                recheck.append((time.time() + 1.0, model, actor))
+                recheck.append((time.time() + 1.0, model, actor, 1))
                 if attempts[(model.cfg.name, shard)] <= job.max_unit_retries:
                     model.queue.appendleft(shard)
                 else:

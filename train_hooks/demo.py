@@ -11,10 +11,14 @@ from typing import Any
 
 
 def run_demo_training(
-    shards_dir: str | Path, out_dir: str | Path, steps: int = 200
+    shards_dir: str | Path,
+    out_dir: str | Path,
+    steps: int = 200,
+    models: list[str] | None = None,
 ) -> dict[str, Any]:
     """Evaluate a random tiny model, train it `steps` steps, evaluate again; print and return
-    {"before": results, "after": results, "train": summary}."""
+    {"before": results, "after": results, "train": summary}. `models` limits the long captions
+    used (the demo leaves out the tiny random captioners' gibberish)."""
     import torch
 
     from train_hooks.evaluate import evaluate_retrieval, format_results, load_checkpoint
@@ -33,20 +37,22 @@ def run_demo_training(
         lr=1e-3,
         warmup=5,
         num_workers=1,
+        models=models,
     )
     torch.manual_seed(cfg.seed)
     before_model = build_model(preset("tiny", num_corner=cfg.corner_tokens)).eval()
     tok = make_tokenizer(cfg)
-    before = evaluate_retrieval(before_model, tok, shards_dir)
+    before = evaluate_retrieval(before_model, tok, shards_dir, models=models)
     print("retrieval before training (random tiny model):")
     print(format_results(before))
+    only = f" --models {','.join(models)}" if models else ""
     print(
         f"training {steps} steps: longcap train --shards {shards_dir} --out {out_dir} "
-        f"--steps {steps}"
+        f"--steps {steps}{only}"
     )
     summary = train(cfg)
     model, tok, _ = load_checkpoint(out_dir)
-    after = evaluate_retrieval(model, tok, shards_dir)
+    after = evaluate_retrieval(model, tok, shards_dir, models=models)
     print("retrieval after training (on the training shards: a smoke test, not a benchmark):")
     print(format_results(after))
     for task in ("long/i2t", "short/i2t"):

@@ -40,6 +40,7 @@ class TrainConfig:
     subcaptions: int = 4  # k
     window: int = 1  # m
     mode: str = ONE_MODEL
+    models: list[str] | None = None  # only these models' long captions (default: all)
     context_length: int = 192
     steps: int = 100
     batch_size: int = 32  # per process
@@ -247,6 +248,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
         shuffle_buffer=cfg.shuffle_buffer,
         seed=cfg.seed,
         fmt=cfg.shard_format,
+        models=tuple(cfg.models) if cfg.models else None,
     )
     loader = make_loader(cfg.shards, tok, scfg, cfg.num_workers, rank, world, start_batch=step)
     net = (

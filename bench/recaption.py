@@ -1,0 +1,147 @@
+"""Benchmark: the recaption pipeline's steady-state images/s against bare `vllm.LLM.generate`.
+
+Same tiny model, same images (2,400 by default, in img2dataset-style shards of 200), same engine
+settings and sampling, one command:
+  1. bare: one process loads `vllm.LLM`, decodes every image up front (untimed), then calls
+     `generate` once per shard's worth of images; steady state = images after the first call
+     over the time they took;
+  2. pipeline: `pipeline.recaption.run` on a local Ray: decode tasks, one engine actor, atomic
+     Parquet output per unit; steady state = images of the units finished after the first
+     unit, over the time between the first and the last unit finishing.
+Run: .venv/bin/python bench/recaption.py [--images 2400] [--shard 200] [--max-tokens 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def make_inputs(root: Path, images: int, shard: int) -> Path:
+    import io
+    import random
+
+    from PIL import Image, ImageDraw
+
+    from tests.shards.helpers import write_i2d_shard
+
+    inp = root / "in"
+    if (inp / "done").exists():
+        return inp
+    rng = random.Random(0)
+    for s in range(images // shard):
+        ok = []
+        for i in range(shard):
+            im = Image.new("RGB", (96, 96), tuple(rng.randrange(256) for _ in range(3)))
+            d = ImageDraw.Draw(im)
+            d.ellipse([rng.randrange(40), rng.randrange(40), 60, 90], fill=(200, 40, 40))
+            buf = io.BytesIO()
+            im.save(buf, format="JPEG", quality=90)
+            ok.append({"key": f"{s:05d}{i:04d}", "url": "", "caption": "x", "jpg": buf.getvalue()})
+        write_i2d_shard(inp, f"{s:05d}", ok, [])
+    (inp / "done").touch()
+    return inp
+
+
+def bare(model: str, inp: str, max_tokens: int) -> None:
+    """Child process: bare vLLM on pre-decoded images; prints one JSON line."""
+    from pipeline.recaption_config import ModelConfig
+    from recaption.engine import CaptionEngine
+    from recaption.units import decode_shard
+    from shards.readers import shard_names
+
+    cfg = ModelConfig(name="bare", family="llava-1.5", path=model, max_tokens=max_tokens)
+    engine = CaptionEngine(cfg)  # the same LLM(...) arguments and sampling as the actors
+    size = engine.family.image_size
+    shards = [decode_shard(inp, n, size) for n in shard_names(Path(inp))]
+    times = []
+    for d in shards:
+        t0 = time.perf_counter()
+        engine.generate(d.keys, d.images)
+        times.append(time.perf_counter() - t0)
+    steady = sum(len(d.keys) for d in shards[1:]) / sum(times[1:])
+    print(json.dumps({"steady_images_per_s": steady, "load_s": engine.load_seconds}))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--images", type=int, default=2400)
+    parser.add_argument("--shard", type=int, default=200)
+    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--work", default="/tmp/longcap_bench_recaption")
+    parser.add_argument("--bare-child", nargs=2, metavar=("MODEL", "INPUT"))
+    args = parser.parse_args()
+    if args.bare_child:
+        bare(*args.bare_child, args.max_tokens)
+        return
+    import yaml
+
+    from recaption.tiny_models import make_tiny_models
+
+    work = Path(args.work)
+    models = work / "models"
+    if not (models / "llava-1.5" / "config.json").exists():
+        make_tiny_models(models, families=("llava-1.5",))
+    inp = make_inputs(work, args.images, args.shard)
+    model = str(models / "llava-1.5")
+
+    env = {**os.environ, "VLLM_LOGGING_LEVEL": "WARNING"}
+    child = [sys.executable, __file__, "--bare-child", model, str(inp)]
+    child += ["--max-tokens", str(args.max_tokens)]
+    out = subprocess.run(child, env=env, capture_output=True, text=True, check=True).stdout
+    bare_res = json.loads(out.strip().splitlines()[-1])
+
+    import shutil
+
+    shutil.rmtree(work / "out", ignore_errors=True)
+    cfg_path = work / "run.yaml"
+    cfg_path.write_text(
+        yaml.safe_dump(
+            {
+                "input": str(inp),
+                "output": str(work / "out"),
+                "progress": False,
+                "models": [
+                    {
+                        "name": "llava",
+                        "family": "llava-1.5",
+                        "path": model,
+                        "max_tokens": args.max_tokens,
+                    }
+                ],
+            }
+        )
+    )
+    from pipeline.recaption import run
+    from pipeline.recaption_config import load_config
+
+    report = run(load_config(cfg_path))
+    m = report["models"]["llava"]
+    pipe = m["steady_images_per_s"]
+    ratio = pipe / bare_res["steady_images_per_s"]
+    print(f"{args.images} images in shards of {args.shard}, 96 px JPEG, tiny LLaVA-1.5, ")
+    print(f"max_tokens {args.max_tokens}; machine {platform.machine()}, {os.cpu_count()} cores")
+    print()
+    print("| run | steady-state images/s | ratio |")
+    print("|---|---:|---:|")
+    bare_rate = bare_res["steady_images_per_s"]
+    print(f"| bare `vllm.LLM.generate`, pre-decoded images | {bare_rate:.1f} | 1.00 |")
+    print(f"| longcap recaption (Ray, decode tasks, Parquet out) | {pipe:.1f} | {ratio:.2f} |")
+    print()
+    print(
+        f"pipeline job wall time {report['wall_seconds']:.1f}s incl. Ray start and engine load; "
+        f"generated tokens/s {m['generated_tokens_per_s']:.0f}"
+    )
+
+
+if __name__ == "__main__":
+    main()
