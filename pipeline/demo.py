@@ -32,21 +32,22 @@ def _step(n: int, text: str) -> None:
 def write_run_config(path: Path, input_dir: Path, output: Path, models: dict[str, Path]) -> Path:
     import yaml
 
+    # Paths in a config are relative to the config file: write them absolute.
     cfg = {
-        "input": str(input_dir),
-        "output": str(output),
+        "input": str(input_dir.resolve()),
+        "output": str(output.resolve()),
         "models": [
             {
                 "name": "tiny-llava",
                 "family": "llava-1.5",
-                "path": str(models["llava-1.5"]),
+                "path": str(models["llava-1.5"].resolve()),
                 "prompts": ["Describe the image in detail.", "What is in this picture?"],
                 "max_tokens": 48,
             },
             {
                 "name": "tiny-qwen",
                 "family": "qwen2-vl",
-                "path": str(models["qwen2-vl"]),
+                "path": str(models["qwen2-vl"].resolve()),
                 "prompts": ["Describe this image in detail."],
                 "max_tokens": 48,
             },

@@ -35,6 +35,8 @@ _ENGINE_ENV = {
     "VLLM_LOGGING_LEVEL": "WARNING",
     "HF_HUB_OFFLINE": "1",
     "TOKENIZERS_PARALLELISM": "false",
+    # torch/vLLM deprecation notices, once per actor, drown the driver's output.
+    "PYTHONWARNINGS": "ignore::FutureWarning,ignore::DeprecationWarning",
 }
 
 
