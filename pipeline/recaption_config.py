@@ -170,6 +170,25 @@ def parse_config(data: Any, source: str = "config") -> RecaptionConfig:
     return cfg
 
 
+def _check_architecture(m: ModelConfig, folder: Path, where: str) -> None:
+    """A family's prompt format only fits its own architecture: catch a mismatch before any
+    engine loads (a LLaVA prompt sent to Qwen2-VL runs, and produces nonsense)."""
+    import json
+
+    from recaption.families import get_family
+
+    try:
+        archs = json.loads((folder / "config.json").read_text()).get("architectures") or []
+    except (OSError, ValueError):
+        return  # not a checkpoint folder we can read; vLLM will say what is wrong
+    expected = get_family(m.family).architectures
+    if archs and not set(archs) & set(expected):
+        raise ConfigError(
+            f"{where}.family: {m.family!r} expects {list(expected)}, but "
+            f"{folder / 'config.json'} says {archs}"
+        )
+
+
 def load_config(path: str | Path) -> RecaptionConfig:
     import yaml
 
@@ -191,6 +210,7 @@ def load_config(path: str | Path) -> RecaptionConfig:
         local = base / Path(m.path).expanduser()  # an absolute path stays as it is
         if local.exists():
             m.path = str(local.resolve())
+            _check_architecture(m, local, f"{p}: models[{i}]")
         elif m.path.startswith((".", "/", "~")) or m.path.count("/") != 1:
             # Not a folder and not shaped like a hub id ("org/name"): a typo, say so now.
             raise ConfigError(f"{p}: models[{i}].path: {m.path!r} is neither a folder nor a hub id")

@@ -15,13 +15,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-_QWEN_SYSTEM = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+_QWEN_TEMPLATE = (
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+    "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>{prompt}<|im_end|>\n"
+    "<|im_start|>assistant\n"
+)
 
 
 @dataclass(frozen=True)
 class Family:
     name: str
-    architecture: str  # the HF `architectures` entry vLLM loads
+    architectures: tuple[str, ...]  # the HF `architectures` entries this format fits
     template: str  # {prompt} is replaced by the user's prompt
     image_size: int  # longer side images are resized to before the engine (CPU-side)
     max_model_len: int = 4096
@@ -37,39 +41,35 @@ FAMILIES: dict[str, Family] = {
     for f in (
         Family(
             "llava-1.5",
-            "LlavaForConditionalGeneration",
+            ("LlavaForConditionalGeneration",),
             "USER: <image>\n{prompt} ASSISTANT:",
             image_size=336,
             stop=("</s>", "USER:"),
         ),
         Family(
             "qwen2-vl",
-            "Qwen2VLForConditionalGeneration",
-            _QWEN_SYSTEM
-            + "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>{prompt}<|im_end|>\n"
-            "<|im_start|>assistant\n",
+            ("Qwen2VLForConditionalGeneration",),
+            _QWEN_TEMPLATE,
             image_size=448,
             stop=("<|im_end|>",),
         ),
         Family(
             "qwen2.5-vl",
-            "Qwen2_5_VLForConditionalGeneration",
-            _QWEN_SYSTEM
-            + "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>{prompt}<|im_end|>\n"
-            "<|im_start|>assistant\n",
+            ("Qwen2_5_VLForConditionalGeneration",),
+            _QWEN_TEMPLATE,
             image_size=448,
             stop=("<|im_end|>",),
         ),
         Family(
             "blip-2",
-            "Blip2ForConditionalGeneration",
+            ("Blip2ForConditionalGeneration",),
             "Question: {prompt} Answer:",
             image_size=224,
             max_model_len=2048,
         ),
         Family(
             "internvl",
-            "InternVLChatModel",
+            ("InternVLChatModel", "InternVLForConditionalGeneration"),
             "<|im_start|>user\n<image>\n{prompt}<|im_end|>\n<|im_start|>assistant\n",
             image_size=448,
             engine_defaults={"trust_remote_code": True},

@@ -358,3 +358,25 @@ def test_parse_config_names_its_source(tmp_path):
 def test_config_error_is_a_value_error():
     # The CLI reports ValueErrors as a clean one-line error (pipeline.cli.main).
     assert issubclass(ConfigError, ValueError)
+
+
+def test_family_must_match_the_checkpoint_architecture(tmp_path):
+    import json
+
+    from pipeline.recaption_config import ConfigError, load_config
+
+    model = tmp_path / "m"
+    model.mkdir()
+    (model / "config.json").write_text(
+        json.dumps({"architectures": ["Qwen2VLForConditionalGeneration"]})
+    )
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(
+        f"input: in\noutput: out\nmodels:\n  - {{name: a, family: llava-1.5, path: {model}}}\n"
+    )
+    with pytest.raises(ConfigError, match=r"models\[0\]\.family: 'llava-1.5' expects"):
+        load_config(cfg)
+    cfg.write_text(
+        f"input: in\noutput: out\nmodels:\n  - {{name: a, family: qwen2-vl, path: {model}}}\n"
+    )
+    assert load_config(cfg).models[0].family == "qwen2-vl"
