@@ -102,6 +102,14 @@ class _Model:
         self.load_errors: list[str] = []
 
 
+def _engine_env(m) -> dict[str, str]:
+    env = dict(_ENGINE_ENV)
+    if m.gpus_per_replica == 0:
+        # vLLM's CPU worker warns about thread binding at every step: thousands of lines a run.
+        env["VLLM_LOGGING_LEVEL"] = "ERROR"
+    return env
+
+
 def _make_actor(model: _Model, job: RecaptionConfig, index: int):
     from recaption.actor import actor_class
 
@@ -114,7 +122,7 @@ def _make_actor(model: _Model, job: RecaptionConfig, index: int):
             num_gpus=m.gpus_per_replica,
             max_restarts=job.max_actor_restarts,
             max_task_retries=0,  # the driver decides what to resend
-            runtime_env={"env_vars": _ENGINE_ENV},
+            runtime_env={"env_vars": _engine_env(m)},
         )
         .remote(m)
     )
