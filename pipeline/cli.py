@@ -56,6 +56,12 @@ def _cmd_recaption(args: argparse.Namespace) -> int:
     return recaption_main(["--config", args.config])
 
 
+def _cmd_build(args: argparse.Namespace) -> int:
+    from pipeline.build import main as build_main
+
+    return build_main(["--config", args.config])
+
+
 def _cmd_tiny_models(args: argparse.Namespace) -> int:
     from recaption.tiny_models import make_tiny_models
 
@@ -95,6 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("recaption", help="recaption input shards with MLLMs (vLLM in Ray actors)")
     p.add_argument("--config", required=True, help="run.yaml (see README)")
     p.set_defaults(func=_cmd_recaption)
+
+    p = sub.add_parser("build", help="URL list -> img2dataset -> recaption -> shards -> stats")
+    p.add_argument("--config", required=True, help="build.yaml (see README)")
+    p.set_defaults(func=_cmd_build)
 
     p = sub.add_parser("tiny-models", help="create tiny random VLMs for CPU runs and tests")
     p.add_argument("dir", help="folder; one subfolder per family (llava-1.5, qwen2-vl)")

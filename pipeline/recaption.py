@@ -22,6 +22,7 @@ import re
 import sys
 import time
 from collections import Counter, deque
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +57,8 @@ def init_ray(cfg: RecaptionConfig) -> None:
         return
     # Logical CPUs: enough for every engine actor plus decoding, even on a 2-core laptop (the
     # engines' threads share the real cores; Ray's count only decides what may be scheduled).
-    need = sum(m.replicas * m.cpus_per_replica for m in cfg.models) + cfg.decode_cpus
+    # (+1: an assembly or decode task alongside.)
+    need = sum(m.replicas * m.cpus_per_replica for m in cfg.models) + cfg.decode_cpus + 1
     ray.init(
         address="local",  # never a stale cluster file left by a crashed run
         num_cpus=max(os.cpu_count() or 1, int(need + 0.999)),
@@ -128,21 +130,40 @@ def _make_actor(model: _Model, job: RecaptionConfig, index: int):
     )
 
 
-def run(job: RecaptionConfig) -> dict[str, Any]:
-    """Run the recaption job to the end; returns (and writes) the run report."""
+def run(
+    job: RecaptionConfig,
+    source: Callable[[], tuple[list[str], bool]] | None = None,
+    on_unit: Callable[[str, str], None] | None = None,
+) -> dict[str, Any]:
+    """Run the recaption job to the end; returns (and writes) the run report.
+
+    By default the job captions the shards in `job.input` when it starts. With `source`, it
+    follows a stage still writing them: `source()` returns the shard names ready so far and
+    whether more may come, and is asked again about once a second. `on_unit(model, shard)` is
+    called for every unit that is done (written now or found finished)."""
     import ray
     from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError
 
     from shards.readers import shard_names
 
     t_start = time.time()
-    names = shard_names(Path(job.input))
+    finished = True
+    if source is None:
+        names = shard_names(Path(job.input))
+    else:
+        names, more = source()
+        finished = not more
     if job.shards is not None:
         unknown = sorted(set(job.shards) - set(names))
         if unknown:
             raise ConfigError(f"shards: {unknown} not found in {job.input}")
         names = [n for n in names if n in set(job.shards)]
     models = {m.name: _Model(m, job, names) for m in job.models}
+    known = set(names)
+    if on_unit is not None:
+        for m in models.values():
+            for shard in sorted(set(names) - set(m.queue)):
+                on_unit(m.cfg.name, shard)
     total = sum(len(m.queue) for m in models.values())
     init_ray(job)
     decode = ray.remote(decode_shard).options(num_cpus=job.decode_cpus, max_retries=2)
@@ -153,7 +174,7 @@ def run(job: RecaptionConfig) -> dict[str, Any]:
     loading: dict[Any, tuple[_Model, Any, int]] = {}
     actor_index = 0
     for model in models.values():
-        if model.queue:
+        if model.queue or not finished:
             for _ in range(model.cfg.replicas):
                 actor = _make_actor(model, job, actor_index)
                 loading[actor.ready.remote()] = (model, actor, UNITS_PER_ACTOR)
@@ -176,6 +197,21 @@ def run(job: RecaptionConfig) -> dict[str, Any]:
     inflight: dict[Any, tuple[_Model, Any, str]] = {}
     attempts: Counter[tuple[str, str]] = Counter()
     while True:
+        if not finished:
+            names, more = source()
+            finished = not more
+            for shard in [n for n in names if n not in known]:
+                known.add(shard)
+                for m in models.values():
+                    if unit_path(job.output, m.cfg.name, shard).exists():
+                        m.skipped += 1
+                        if on_unit is not None:
+                            on_unit(m.cfg.name, shard)
+                    elif m.live > 0 or m.idle:
+                        m.queue.append(shard)
+                        bar.total += 1
+                    else:
+                        m.failed_units.append({"shard": shard, "error": "no engine could load"})
         now = time.time()
         for _due, model, actor, slots in [r for r in recheck if r[0] <= now]:
             loading[actor.ready.remote()] = (model, actor, slots)
@@ -192,13 +228,14 @@ def run(job: RecaptionConfig) -> dict[str, Any]:
                 release(shard, model.size)
             for shard in list(model.queue)[: job.prefetch_units]:
                 decoded_ref(shard, model.size)  # engines never wait for the CPU
-        if not inflight and not loading and not recheck:
+        if not inflight and not loading and not recheck and finished:
             break
         waiting = list(inflight) + list(loading)
         if not waiting:
             time.sleep(0.5)
             continue
-        done, _ = ray.wait(waiting, num_returns=1, timeout=0.5 if recheck else None)
+        timeout = 0.5 if recheck or not finished else None
+        done, _ = ray.wait(waiting, num_returns=1, timeout=timeout)
         for ref in done:
             if ref in loading:
                 model, actor, slots = loading.pop(ref)
@@ -250,6 +287,8 @@ def run(job: RecaptionConfig) -> dict[str, Any]:
             model.tokens += summary["generated_tokens"]
             model.engine_seconds += summary["seconds"]
             model.failures.update(summary["failures"])
+            if on_unit is not None:
+                on_unit(model.cfg.name, shard)
             bar.update(1)
             bar.set_postfix_str(_rates(models, t_start), refresh=False)
     bar.close()

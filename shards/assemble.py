@@ -305,3 +305,62 @@ def assemble(
     if rows_written != n_in:
         raise RuntimeError(f"conservation broken: {n_in} samples in, {rows_written} rows written")
     return AssembleResult(out, written, len(done), n_in, n_ok, n_in - n_ok)
+
+
+def assemble_shard(
+    input_dir: str | Path,
+    name: str,
+    out_dir: str | Path,
+    cfg: AssembleConfig | None = None,
+) -> dict[str, Any]:
+    """Assemble one input shard into the output shard of the same name (the build's unit).
+
+    Finished when its stats file exists, which a rerun checks first; keys are unique within the
+    shard (input shards from img2dataset never share keys)."""
+    cfg = cfg or AssembleConfig()
+    cfg.validate()
+    out = Path(out_dir)
+    stats_path = out / f"{name}_stats.json"
+    if stats_path.exists():
+        return json.loads(stats_path.read_text())
+    out.mkdir(parents=True, exist_ok=True)
+    join = None
+    if cfg.captions:
+        from shards.captions_join import CaptionJoin
+
+        join = CaptionJoin(cfg.captions)
+    from shards.readers import read_shard
+
+    writer = ShardWriter(
+        out,
+        max_samples=1 << 62,
+        max_bytes=1 << 62,
+        formats=cfg.formats,
+        parquet_images=cfg.parquet_images,
+        start_index=int(name),
+    )
+    seen: set[str] = set()
+    n_in = 0
+    try:
+        inputs = read_shard(Path(input_dir), name)
+        for batch in _batches(inputs, cfg.batch_size):
+            if join is not None:
+                for inp in batch:
+                    join.attach(inp)
+            samples = [_to_sample(inp, cfg) for inp in batch]
+            _count_batch(samples, cfg.tokenizer)
+            for inp, sample in zip(batch, samples, strict=True):
+                sample.key = _UNSAFE_KEY.sub("_", sample.key) or f"row{n_in:09d}"
+                if sample.key in seen:
+                    _fail(sample, S.FAIL_DUPLICATE_KEY, f"{inp.origin}: key seen before")
+                    sample.key = f"{sample.key}__dup{n_in:09d}"
+                seen.add(sample.key)
+                writer.write(sample)
+                n_in += 1
+        if writer.current is None:
+            writer.write_empty()
+        stats = writer.close_shard(input=str(Path(input_dir) / name), input_start=0, input_end=n_in)
+    except BaseException:
+        writer.abort()
+        raise
+    return stats

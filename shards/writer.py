@@ -157,6 +157,14 @@ class ShardWriter:
             self.next_index += 1
         self.current.write(sample, self.row_group_size)
 
+    def write_empty(self) -> None:
+        """Open the next shard without a sample: an empty input shard still gets its files."""
+        if self.current is None:
+            self.current = _OpenShard(
+                self.out_dir, self.next_index, self.formats, self.parquet_images
+            )
+            self.next_index += 1
+
     def shard_full(self) -> bool:
         cur = self.current
         return cur is not None and (

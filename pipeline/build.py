@@ -1,0 +1,243 @@
+"""`longcap build`: URL list -> img2dataset -> recaption (all models) -> assemble -> statistics.
+
+Run locally as `longcap build --config build.yaml`, or on a cluster as `ray job submit ... --
+python -m pipeline.build --config build.yaml`. The stages overlap: a shard is recaptioned as soon
+as img2dataset has finished it, and assembled as soon as every model has captioned it; no stage
+waits for a whole earlier stage. Every stage writes one output per shard atomically and skips
+what is already written, so a killed build, run again, finishes the work without redoing or
+duplicating any. Layout under `output`:
+  ingest/urls.parquet, ingest/rejected.parquet   the checked URL list and the rows refused
+  ingest/shards/NNNNN.{tar,parquet,_stats.json}  img2dataset's output
+  recaption/captions/<model>/NNNNN.parquet       captions, recaption/recaption_report.json
+  shards/NNNNN.{parquet,tar,_stats.json}         the dataset (shards/rejected/: refused rows)
+  stats/stats.json, stats/*.png                  `longcap stats` of the dataset
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from pipeline.ingest import IngestConfig, prepare_url_list, ready_shards, start_ingest
+from pipeline.recaption_config import ConfigError, RecaptionConfig, parse_config
+from shards.assemble import AssembleConfig
+
+
+@dataclasses.dataclass
+class BuildConfig:
+    output: str
+    ingest: IngestConfig
+    recaption: RecaptionConfig
+    assemble: AssembleConfig
+
+
+def load_build_config(path: str | Path) -> BuildConfig:
+    """build.yaml: `output`, `ingest`, `models` (+ recaption options), `assemble`."""
+    import yaml
+
+    p = Path(path)
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{p}: cannot read the config ({exc})") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: the top level must be a mapping")
+    base = p.resolve().parent
+    data = dict(data)
+    for key in ("output", "ingest", "models"):
+        if key not in data:
+            raise ConfigError(f"{p}: {key}: is required")
+    output = (base / Path(str(data.pop("output"))).expanduser()).resolve()
+    ingest_data = data.pop("ingest")
+    assemble_data = data.pop("assemble", {}) or {}
+    ingest = _dataclass_from(IngestConfig, ingest_data, f"{p}: ingest")
+    ingest.url_list = str((base / Path(ingest.url_list).expanduser()).resolve())
+    allowed = {"formats", "parquet_images", "tokenizer", "verify_images", "batch_size"}
+    bad = sorted(set(assemble_data) - allowed) if isinstance(assemble_data, dict) else None
+    if bad is None or bad:
+        raise ConfigError(f"{p}: assemble: unknown field(s) {bad}; known: {sorted(allowed)}")
+    assemble = AssembleConfig(**assemble_data)
+    try:
+        assemble.validate(f"{p}: assemble")
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    recap_data = {
+        "input": str(output / "ingest" / "shards"),
+        "output": str(output / "recaption"),
+        **data,
+    }
+    recaption = parse_config(recap_data, str(p))
+    for i, m in enumerate(recaption.models):
+        local = base / Path(m.path).expanduser()
+        if local.exists():
+            m.path = str(local.resolve())
+        elif m.path.startswith((".", "/", "~")) or m.path.count("/") != 1:
+            raise ConfigError(f"{p}: models[{i}].path: {m.path!r} is neither a folder nor a hub id")
+    return BuildConfig(str(output), ingest, recaption, assemble)
+
+
+def _dataclass_from(cls, data: Any, where: str):
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: must be a mapping")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(f"{where}: unknown field(s) {unknown}; known: {sorted(fields)}")
+    for name, f in fields.items():
+        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        if required and name not in data:
+            raise ConfigError(f"{where}.{name}: is required")
+        value = data.get(name)
+        if (
+            name in data
+            and str(f.type).startswith("int")
+            and (isinstance(value, bool) or not isinstance(value, int) or value < 1)
+        ):
+            raise ConfigError(f"{where}.{name}: must be a positive integer, got {value!r}")
+    return cls(**data)
+
+
+def _write_rejected(work: Path, out: Path) -> None:
+    """Rows refused before download become failure rows of the dataset (shards/rejected/)."""
+    import pyarrow.parquet as pq
+
+    from shards import schema as S
+    from shards.writer import ShardWriter
+
+    target = out / "rejected"
+    if (target / "00000_stats.json").exists():
+        return
+    rows = pq.read_table(work / "rejected.parquet").to_pylist()
+    with ShardWriter(target, formats=["parquet"], max_samples=1 << 62) as writer:
+        writer.write_empty()
+        for r in rows:
+            writer.write(
+                S.Sample(
+                    key=f"row{r['longcap_row']:09d}",
+                    status=r["reason"],
+                    error=f"{work / 'urls'}: input row {r['longcap_row']}: {r['reason']}",
+                    url=r["url"],
+                    caption=r["caption"],
+                )
+            )
+
+
+def run_build(cfg: BuildConfig) -> dict[str, Any]:
+    import ray
+
+    from pipeline.recaption import init_ray, run
+    from shards.assemble import assemble_shard
+
+    t0 = time.time()
+    out = Path(cfg.output)
+    work = out / "ingest"
+    shards_out = out / "shards"
+    summary = prepare_url_list(cfg.ingest, work)
+    print(
+        f"build: {summary['rows']:,} URL rows, {summary['accepted']:,} to download in "
+        f"{summary['shards']} shards, rejected {summary['rejected'] or 'none'}",
+        flush=True,
+    )
+    _write_rejected(work, shards_out)
+    expected = [f"{i:05d}" for i in range(summary["shards"])]
+    proc = None
+    if set(ready_shards(work / "shards")) < set(expected):
+        proc = start_ingest(cfg.ingest, work, summary["extra_columns"])
+    init_ray(cfg.recaption)
+    acfg = dataclasses.replace(cfg.assemble, captions=str(out / "recaption"))
+    assemble_task = ray.remote(assemble_shard).options(num_cpus=1, max_retries=2)
+    models = {m.name for m in cfg.recaption.models}
+    captioned: dict[str, set[str]] = {}
+    assembling: dict[str, Any] = {}
+
+    def source() -> tuple[list[str], bool]:
+        more = proc is not None and proc.poll() is None
+        return [s for s in ready_shards(work / "shards") if s in set(expected)], more
+
+    def on_unit(model: str, shard: str) -> None:
+        captioned.setdefault(shard, set()).add(model)
+        if captioned[shard] == models and shard not in assembling:
+            assembling[shard] = assemble_task.remote(
+                str(work / "shards"), shard, str(shards_out), acfg
+            )
+
+    report = run(cfg.recaption, source=source, on_unit=on_unit)
+    if proc is not None and proc.wait() != 0:
+        print(f"build: img2dataset exited with {proc.returncode}; judging by its stats files")
+    missing = sorted(set(expected) - set(ready_shards(work / "shards")))
+    assembled = ray.get(list(assembling.values()))
+    problems = []
+    if missing:
+        problems.append(
+            f"img2dataset did not finish shards {missing} (see {work / 'img2dataset.log'})"
+        )
+    failed_units = {m: r["units_failed"] for m, r in report["models"].items() if r["units_failed"]}
+    if failed_units:
+        problems.append(f"recaption units failed: {failed_units}")
+    return _finish(cfg, out, summary, assembled, problems, t0)
+
+
+def _finish(cfg, out, summary, assembled, problems, t0) -> dict[str, Any]:
+    from shards.dataset_stats import collect_stats, format_report, write_plots
+
+    stats = collect_stats(out / "shards")
+    report = stats.report()
+    # Conservation: every URL row is one sample or one recorded failure, and every sample that
+    # was downloaded has one entry (caption or failure) per model.
+    if report["samples"] != summary["rows"] and not problems:
+        problems.append(f"conservation: {summary['rows']} URL rows but {report['samples']} samples")
+    for model in (m.name for m in cfg.recaption.models):
+        texts = report["by_model"].get(model, {}).get("texts", 0)
+        fails = sum(n for k, n in report["failures"].items() if k.startswith(f"{model}:"))
+        if texts + fails != report["images"] and not problems:
+            problems.append(
+                f"conservation: model {model}: {texts} texts + {fails} failures "
+                f"!= {report['images']} images"
+            )
+    (out / "stats").mkdir(parents=True, exist_ok=True)
+    (out / "stats" / "stats.json").write_text(json.dumps(report, indent=1))
+    write_plots(stats, out / "stats")
+    print(format_report(report))
+    result = {
+        "output": str(out),
+        "shards": len(assembled),
+        "wall_seconds": time.time() - t0,
+        "complete": not problems,
+        "problems": problems,
+        "stats": report,
+    }
+    (out / "build_report.json").write_text(json.dumps(result, indent=1))
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipeline.build", description=__doc__)
+    parser.add_argument("--config", required=True, help="build.yaml")
+    args = parser.parse_args(argv)
+    try:
+        cfg = load_build_config(args.config)
+    except (ConfigError, ValueError) as exc:
+        print(f"build: error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        result = run_build(cfg)
+    except ValueError as exc:
+        print(f"build: error: {exc}", file=sys.stderr)
+        return 2
+    out = Path(result["output"])
+    print(
+        f"\nbuild: {result['shards']} shards in {out / 'shards'}, statistics in {out / 'stats'}, "
+        f"report {out / 'build_report.json'} ({result['wall_seconds']:.0f}s)"
+    )
+    for p in result["problems"]:
+        print(f"build: problem: {p}", file=sys.stderr)
+    return 0 if result["complete"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,208 @@
+"""The ingest stage of a build: a URL list, cleaned, downloaded into shards by img2dataset.
+
+Before img2dataset sees the list, every row is checked: an empty URL, a URL seen earlier in the
+list, a caption whose bytes are not UTF-8 or a row that cannot be parsed is rejected with its
+reason (and kept, as a failure row of the build), so img2dataset gets a clean Parquet list with a
+`longcap_row` column naming the input row. img2dataset's exit code is not trusted: a shard counts
+as downloaded when its `NNNNN_stats.json` exists (img2dataset writes it after the tar and the
+Parquet), and the build checks at the end that every shard the list implies is there.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+# Column names tried in order when the config does not name them (LoTLIP/DreamLIP lists,
+# img2dataset's usual names).
+URL_COLUMNS = ("url", "URL", "image_url", "Image URL", "Image Path")
+CAPTION_COLUMNS = ("caption", "raw_caption", "TEXT", "text", "alt")
+REJECT_EMPTY_URL = "empty_url"
+REJECT_DUPLICATE_URL = "duplicate_url"
+REJECT_NOT_UTF8 = "caption_not_utf8"
+REJECT_BAD_ROW = "bad_input_row"
+
+
+@dataclass
+class IngestConfig:
+    url_list: str
+    input_format: str | None = None  # csv, tsv, parquet, jsonl; None: from the file suffix
+    url_col: str | None = None
+    caption_col: str | None = None
+    image_size: int = 256
+    resize_mode: str = "keep_ratio"  # img2dataset's: no, keep_ratio, center_crop, border
+    processes: int = 1
+    threads: int = 16
+    number_sample_per_shard: int = 10_000
+    timeout: int = 10
+    retries: int = 0
+    extra_columns: list[str] = field(default_factory=list)  # carried to the shards' metadata
+
+
+def _read_rows(path: Path, fmt: str) -> tuple[list[str], list[dict[str, Any] | None]]:
+    """(columns, rows); a row that cannot be parsed is None."""
+    if fmt == "parquet":
+        table = pq.read_table(path)
+        return table.column_names, table.to_pylist()
+    if fmt == "jsonl":
+        rows: list[dict[str, Any] | None] = []
+        columns: dict[str, None] = {}
+        with open(path, "rb") as f:
+            for raw in f:
+                if not raw.strip():
+                    continue
+                try:
+                    rec = json.loads(raw.decode("utf-8", "surrogateescape"))
+                    if not isinstance(rec, dict):
+                        raise ValueError("not an object")
+                    columns.update(dict.fromkeys(rec))
+                    rows.append(rec)
+                except ValueError:
+                    rows.append(None)
+        return list(columns), rows
+    import pandas as pd
+
+    df = pd.read_csv(
+        path,
+        sep="\t" if fmt == "tsv" else ",",
+        dtype=str,
+        keep_default_na=False,
+        encoding="utf-8",
+        encoding_errors="surrogateescape",
+    )
+    return list(df.columns), df.to_dict("records")
+
+
+def _pick(columns: list[str], wanted: str | None, options: tuple[str, ...], what: str, path: Path):
+    if wanted is not None:
+        if wanted not in columns:
+            raise ValueError(
+                f"{path}: ingest.{what} {wanted!r} is not a column; columns: {columns}"
+            )
+        return wanted
+    found = next((c for c in options if c in columns), None)
+    if found is None and what == "url_col":
+        raise ValueError(
+            f"{path}: no URL column (tried {list(options)}); set ingest.url_col. Columns: {columns}"
+        )
+    return found
+
+
+def prepare_url_list(cfg: IngestConfig, work: Path) -> dict[str, Any]:
+    """Write `work/urls.parquet` (clean rows) and `work/rejected.parquet`; idempotent.
+
+    Returns {"rows": input rows, "accepted": n, "rejected": {reason: n}, "shards": n}."""
+    summary_path = work / "url_list.json"
+    if summary_path.exists():
+        return json.loads(summary_path.read_text())
+    path = Path(cfg.url_list)
+    if not path.exists():
+        raise ValueError(f"ingest.url_list: {path} does not exist")
+    fmt = cfg.input_format or path.suffix.lstrip(".").lower()
+    if fmt not in ("csv", "tsv", "parquet", "jsonl"):
+        raise ValueError(f"ingest.input_format: {fmt!r} is not csv, tsv, parquet or jsonl")
+    columns, rows = _read_rows(path, fmt)
+    url_col = _pick(columns, cfg.url_col, URL_COLUMNS, "url_col", path)
+    cap_col = _pick(columns, cfg.caption_col, CAPTION_COLUMNS, "caption_col", path)
+    from shards.inputs import RELEASED_LONG_COLUMNS
+
+    extra = [c for c in (*RELEASED_LONG_COLUMNS, *cfg.extra_columns) if c in columns]
+    accepted, rejected, seen = [], [], set()
+    for i, row in enumerate(rows):
+        reason = None
+        if row is None:
+            reason = REJECT_BAD_ROW
+            row = {}
+        url = str(row.get(url_col) or "").strip()
+        caption = row.get(cap_col) if cap_col else None
+        caption = None if caption is None else str(caption)
+        if reason is None and not url:
+            reason = REJECT_EMPTY_URL
+        elif reason is None and url in seen:
+            reason = REJECT_DUPLICATE_URL
+        elif reason is None and caption is not None:
+            try:
+                caption.encode("utf-8")
+            except UnicodeEncodeError:
+                reason = REJECT_NOT_UTF8
+        safe = lambda v: None if v is None else str(v).encode("utf-8", "replace").decode()  # noqa: E731
+        if reason is not None:
+            rejected.append(
+                {"longcap_row": i, "url": safe(url), "caption": safe(caption), "reason": reason}
+            )
+            continue
+        seen.add(url)
+        rec = {"longcap_row": i, "url": url, "caption": caption or "", "source": path.stem}
+        rec.update({c: safe(row.get(c)) for c in extra})
+        accepted.append(rec)
+    work.mkdir(parents=True, exist_ok=True)
+    _write_atomic(work / "rejected.parquet", rejected, ["longcap_row", "url", "caption", "reason"])
+    _write_atomic(
+        work / "urls.parquet", accepted, ["longcap_row", "url", "caption", "source", *extra]
+    )
+    counts: dict[str, int] = {}
+    for r in rejected:
+        counts[r["reason"]] = counts.get(r["reason"], 0) + 1
+    summary = {
+        "rows": len(rows),
+        "accepted": len(accepted),
+        "rejected": counts,
+        "shards": math.ceil(len(accepted) / cfg.number_sample_per_shard) if accepted else 0,
+        "extra_columns": extra,
+    }
+    tmp = summary_path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(summary))
+    os.replace(tmp, summary_path)
+    return summary
+
+
+def _write_atomic(path: Path, rows: list[dict[str, Any]], columns: list[str]) -> None:
+    table = (
+        pa.Table.from_pylist(rows)
+        if rows
+        else pa.table({c: pa.array([], pa.string()) for c in columns})
+    )
+    tmp = path.with_suffix(".tmp")
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)
+
+
+def start_ingest(cfg: IngestConfig, work: Path, extra_columns: list[str]) -> subprocess.Popen:
+    """img2dataset in a child process, resuming (incremental mode) into work/shards."""
+    exe = Path(sys.executable).parent / "img2dataset"
+    cmd = [
+        str(exe) if exe.exists() else "img2dataset",
+        "--url_list", str(work / "urls.parquet"), "--input_format", "parquet",
+        "--url_col", "url", "--caption_col", "caption",
+        "--output_format", "webdataset", "--output_folder", str(work / "shards"),
+        "--processes_count", str(cfg.processes), "--thread_count", str(cfg.threads),
+        "--image_size", str(cfg.image_size), "--resize_mode", cfg.resize_mode,
+        "--number_sample_per_shard", str(cfg.number_sample_per_shard),
+        "--timeout", str(cfg.timeout), "--retries", str(cfg.retries),
+        "--incremental_mode", "incremental", "--distributor", "multiprocessing",
+        "--enable_wandb", "False",
+        "--save_additional_columns", json.dumps(["longcap_row", "source", *extra_columns]),
+    ]  # fmt: skip
+    log = open(work / "img2dataset.log", "ab")
+    env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"}
+    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+
+
+def ready_shards(shard_dir: Path) -> list[str]:
+    """Shards img2dataset has finished: their `_stats.json` is written last."""
+    if not shard_dir.is_dir():
+        return []
+    return sorted(
+        p.name[: -len("_stats.json")]
+        for p in shard_dir.glob("*_stats.json")
+        if (shard_dir / (p.name[: -len("_stats.json")] + ".tar")).exists()
+    )

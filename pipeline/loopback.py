@@ -1,0 +1,79 @@
+"""A URL list served from 127.0.0.1: what `make demo` and the build tests download from.
+
+`serve(folder)` runs a threaded HTTP server on a free loopback port (a context manager that
+stops it). `make_url_list(...)` generates images with `pipeline.sample_data`, and a CSV that
+points at them, with the awkward rows a real list has when `bad_rows` is set: a 404, a duplicate
+URL, an empty URL, an HTML page served as .jpg, a 1-pixel image, a 30,000-pixel-wide image, and a
+caption that is not UTF-8.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import http.server
+import json
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def serve(folder: str | Path) -> Iterator[str]:
+    """Serve `folder` on http://127.0.0.1:PORT; yields the base URL."""
+    handler = functools.partial(_QuietHandler, directory=str(folder))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def make_url_list(folder: str | Path, base_url: str, n: int = 40, bad_rows: bool = True) -> Path:
+    """Images under folder/www, and folder/urls.csv (url, caption, longLLA_captions) of them."""
+    from PIL import Image
+
+    from pipeline.sample_data import make_sample
+
+    folder = Path(folder)
+    www = folder / "www"
+    manifest = make_sample(www, n=n, size=96, bad_rows=False)
+    rows = [json.loads(line) for line in manifest.read_text().splitlines()]
+    lines = ["url,caption,longLLA_captions"]
+
+    def esc(text: str) -> str:
+        return '"' + text.replace('"', '""') + '"'
+
+    for r in rows:
+        lines.append(
+            f"{base_url}/{r['image_path']},{esc(r['caption'])},{esc(r['long_captions']['llava'])}"
+        )
+    raw = "\n".join(lines).encode() + b"\n"
+    if bad_rows:
+        (www / "page.jpg").write_text("<html><body>not an image</body></html>")
+        Image.new("RGB", (1, 1), (255, 0, 0)).save(www / "pixel.png")
+        # 30,000 px wide but a few KB: a PNG of one colour compresses to almost nothing.
+        Image.new("L", (30000, 2), 128).save(www / "wide.png")
+        bad = [
+            f"{base_url}/missing.jpg,a file that is not there,",
+            f"{base_url}/{rows[0]['image_path']},the same URL again,",
+            ",a row without a URL,",
+            f"{base_url}/page.jpg,an html page,",
+            f"{base_url}/pixel.png,one pixel,",
+            f"{base_url}/wide.png,a very wide image,",
+        ]
+        raw += "\n".join(bad).encode() + b"\n"
+        raw += f"{base_url}/images/{0:06d}.jpg?v=2,caf\xe9 in latin-1,\n".encode().replace(
+            "caf\xe9".encode(), b"caf\xe9"
+        )
+    path = folder / "urls.csv"
+    path.write_bytes(raw)
+    return path
