@@ -1,14 +1,16 @@
-"""`make demo`: the main job end to end on a generated sample, with no GPU and no download.
+"""`make demo`: the whole build on a generated sample, with no GPU and no download.
 
-1. generate images with captions (a raw alt text and two pretend captioners' long captions);
-2. assemble them into input shards (`longcap shards`);
-3. create two tiny random VLMs (`longcap tiny-models`) and recaption every shard with both at
-   once on a local Ray with vLLM's CPU build (`longcap recaption`);
-4. assemble the final shards with every model's captions split and counted
-   (`longcap shards --captions`), print LoTLIP's Table 1 statistics and write histograms;
-5. train a tiny corner-token model and print retrieval R@1 before and after.
+1. generate a few hundred images with captions, a URL list pointing at them (with the awkward
+   rows real lists have: a 404, a duplicate, an empty URL, an HTML page, a 1-pixel and a
+   30,000-pixel image, a non-UTF-8 caption), and serve them from 127.0.0.1;
+2. create two tiny random VLMs (`longcap tiny-models`);
+3. `longcap build`: img2dataset downloads the list into shards, each shard is recaptioned by both
+   models on vLLM's CPU build in a local Ray as soon as it lands, assembled (cleaned, split,
+   counted) as soon as both models are done, and the statistics are printed and saved;
+4. train a tiny corner-token model on the result and print retrieval R@1 before and after.
 The tiny models' weights are random, so their captions are gibberish: they prove the machinery,
-not caption quality. Training uses the pretend captioners' texts, which describe the images.
+not caption quality. Training uses the URL list's own long captions (column `longLLA_captions`,
+read as model `llava-1.5`), which describe the images.
 """
 
 from __future__ import annotations
@@ -19,23 +21,21 @@ import sys
 import time
 from pathlib import Path
 
-from pipeline.cli import main as longcap
-from pipeline.sample_data import make_sample
-
-PRETEND_MODELS = ["llava", "qwen"]
+LIST_MODELS = ["llava-1.5"]
 
 
-def _step(n: int, text: str) -> None:
-    print(f"\n[{n}/5] {text}", flush=True)
-
-
-def write_run_config(path: Path, input_dir: Path, output: Path, models: dict[str, Path]) -> Path:
+def write_build_config(path: Path, url_list: Path, output: Path, models: dict[str, Path]) -> Path:
     import yaml
 
     # Paths in a config are relative to the config file: write them absolute.
     cfg = {
-        "input": str(input_dir.resolve()),
         "output": str(output.resolve()),
+        "ingest": {
+            "url_list": str(url_list.resolve()),
+            "image_size": 128,
+            "number_sample_per_shard": 100,
+            "threads": 8,
+        },
         "models": [
             {
                 "name": "tiny-llava",
@@ -52,9 +52,14 @@ def write_run_config(path: Path, input_dir: Path, output: Path, models: dict[str
                 "max_tokens": 48,
             },
         ],
+        "assemble": {"formats": ["parquet", "tar"]},
     }
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return path
+
+
+def _step(n: int, text: str) -> None:
+    print(f"\n[{n}/4] {text}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -65,49 +70,46 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     out = Path(args.out)
     shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
     t0 = time.perf_counter()
 
-    _step(1, f"generating {args.images} images with captions (plus 3 broken rows)")
-    manifest = make_sample(out / "sample", n=args.images)
-    print(f"      manifest: {manifest}")
-
-    _step(2, "input shards")
-    rc = longcap(["shards", "--input", str(manifest), "--out", str(out / "input"),
-                  "--shard-size", "100"])  # fmt: skip
-    if rc:
-        return rc
-
-    _step(3, "recaptioning with two tiny VLMs on vLLM (CPU) in a local Ray")
+    from pipeline.build import main as build
+    from pipeline.loopback import make_url_list, serve
     from recaption.tiny_models import make_tiny_models
 
-    models = make_tiny_models(out / "models")
-    config = write_run_config(out / "run.yaml", out / "input", out / "recaption", models)
-    print(f"      config: {config}")
-    rc = longcap(["recaption", "--config", str(config)])
+    _step(1, f"generating {args.images} images and a URL list, served from 127.0.0.1")
+    (out / "www").mkdir()
+    with serve(out / "www") as base_url:
+        url_list = make_url_list(out, base_url, n=args.images)
+        print(f"      {url_list} -> {base_url}/")
+
+        _step(2, "creating two tiny VLMs (random weights)")
+        models = make_tiny_models(out / "models")
+        for family, path in models.items():
+            print(f"      {family}: {path}")
+
+        _step(3, "longcap build: img2dataset -> recaption (2 models, vLLM CPU, local Ray) "
+              "-> assemble -> statistics")  # fmt: skip
+        config = write_build_config(out / "build.yaml", url_list, out / "build", models)
+        print(f"      config: {config}", flush=True)
+        rc = build(["--config", str(config)])
     if rc:
         return rc
 
-    _step(4, "final shards with every model's captions, and their statistics")
-    rc = longcap(["shards", "--input", str(out / "input"), "--captions", str(out / "recaption"),
-                  "--out", str(out / "shards"), "--shard-size", "100"])  # fmt: skip
-    if rc:
-        return rc
-    rc = longcap(["stats", str(out / "shards"), "--plots", str(out / "plots")])
-    if rc:
-        return rc
-
-    _step(5, "training a tiny corner-token model (retrieval R@1 before and after)")
+    _step(4, "training a tiny corner-token model (retrieval R@1 before and after)")
     from train_hooks.demo import run_demo_training
 
     run_demo_training(
-        out / "shards", out / "train_run", steps=args.train_steps, models=PRETEND_MODELS
+        out / "build" / "shards", out / "train_run", steps=args.train_steps, models=LIST_MODELS
     )
     print(f"\ndone in {time.perf_counter() - t0:.0f}s. Everything is under {out}/:")
     for name, what in (
-        ("input", "input shards"),
-        ("recaption", "captions/<model>/NNNNN.parquet and recaption_report.json"),
-        ("shards", "final shards (NNNNN.parquet, NNNNN.tar, NNNNN_stats.json)"),
-        ("plots", "histograms"),
+        ("urls.csv", "the URL list (with its bad rows)"),
+        ("build.yaml", "the build config"),
+        ("build/ingest", "img2dataset's shards and the checked URL list"),
+        ("build/recaption", "captions/<model>/NNNNN.parquet and recaption_report.json"),
+        ("build/shards", "the dataset: NNNNN.parquet, NNNNN.tar, NNNNN_stats.json"),
+        ("build/stats", "stats.json and histograms"),
         ("train_run", "training run (log.jsonl, checkpoints/)"),
     ):
         print(f"  {out / name}: {what}")
