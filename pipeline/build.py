@@ -72,6 +72,14 @@ def load_build_config(path: str | Path) -> BuildConfig:
         **data,
     }
     recaption = parse_config(recap_data, str(p))
+    from shards.inputs import RELEASED_LONG_COLUMNS
+
+    taken = sorted({m.name for m in recaption.models} & set(RELEASED_LONG_COLUMNS.values()))
+    if taken:
+        raise ConfigError(
+            f"{p}: models: name(s) {taken} are the names given to released captions of the URL "
+            "list (longIB/longSV/longLLA_captions); choose other names"
+        )
     for i, m in enumerate(recaption.models):
         local = base / Path(m.path).expanduser()
         if local.exists():

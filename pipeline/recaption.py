@@ -73,7 +73,7 @@ def _local_cluster_alive() -> bool:
     import socket
     import tempfile
 
-    tmp = os.environ.get("RAY_TMPDIR") or os.path.join(tempfile.gettempdir(), "ray")
+    tmp = os.path.join(os.environ.get("RAY_TMPDIR") or tempfile.gettempdir(), "ray")
     try:
         host, _, port = Path(tmp, "ray_current_cluster").read_text().strip().rpartition(":")
         with socket.create_connection((host, int(port)), timeout=1):

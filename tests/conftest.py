@@ -33,3 +33,12 @@ def built_shards(tmp_path, sample_manifest):
     out = tmp_path / "shards"
     assemble(sample_manifest, out, AssembleConfig(shard_size=10))
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory):
+    """The two tiny VLMs `longcap tiny-models` makes (built once per test session)."""
+    pytest.importorskip("vllm")
+    from recaption.tiny_models import make_tiny_models
+
+    return make_tiny_models(tmp_path_factory.mktemp("models"))

@@ -21,15 +21,6 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def tiny_models(tmp_path_factory):
-    """The two tiny VLMs `longcap tiny-models` makes (built once per test session)."""
-    pytest.importorskip("vllm")
-    from recaption.tiny_models import make_tiny_models
-
-    return make_tiny_models(tmp_path_factory.mktemp("models"))
-
-
 def make_input_shards(root: Path, shards: int = 3, per_shard: int = 6) -> Path:
     """img2dataset-style shards; shard 00001 holds a corrupt image and a failed download."""
     from tests.shards.helpers import jpeg_bytes, write_i2d_shard
