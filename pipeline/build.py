@@ -57,7 +57,16 @@ def load_build_config(path: str | Path) -> BuildConfig:
     assemble_data = data.pop("assemble", {}) or {}
     ingest = _dataclass_from(IngestConfig, ingest_data, f"{p}: ingest")
     ingest.url_list = str((base / Path(ingest.url_list).expanduser()).resolve())
-    allowed = {"formats", "parquet_images", "tokenizer", "verify_images", "batch_size"}
+    allowed = {
+        "formats",
+        "parquet_images",
+        "tokenizer",
+        "verify_images",
+        "batch_size",
+        "split_engine",
+        "extra_abbreviations",
+        "extra_titles",
+    }
     bad = sorted(set(assemble_data) - allowed) if isinstance(assemble_data, dict) else None
     if bad is None or bad:
         raise ConfigError(f"{p}: assemble: unknown field(s) {bad}; known: {sorted(allowed)}")
@@ -178,8 +187,15 @@ def run_build(cfg: BuildConfig) -> dict[str, Any]:
     if proc is not None and proc.wait() != 0:
         print(f"build: img2dataset exited with {proc.returncode}; judging by its stats files")
     missing = sorted(set(expected) - set(ready_shards(work / "shards")))
-    assembled = ray.get(list(assembling.values()))
+    from pipeline.recaption import _short
+
     problems = []
+    assembled = []
+    for shard, ref in sorted(assembling.items()):
+        try:
+            assembled.append(ray.get(ref))
+        except Exception as exc:  # a broken shard: report it, keep the others
+            problems.append(f"assembling shard {shard} failed: {_short(exc)}")
     if missing:
         problems.append(
             f"img2dataset did not finish shards {missing} (see {work / 'img2dataset.log'})"

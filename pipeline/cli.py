@@ -20,6 +20,7 @@ def _cmd_shards(args: argparse.Namespace) -> int:
         tokenizer=args.tokenizer,
         verify_images=not args.no_verify_images,
         captions=args.captions,
+        split_engine=args.split_engine,
     )
     print(f"longcap shards: {args.input} -> {args.out} (formats {','.join(cfg.formats)})")
     t0 = time.perf_counter()
@@ -95,6 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--captions",
         default=None,
         help="recaption OUTPUT folder: join captions/<model>/NNNNN.parquet to the input shards",
+    )
+    p.add_argument(
+        "--split-engine", default="rules", choices=["rules", "punkt"], help="sub-caption splitter"
     )
     p.set_defaults(func=_cmd_shards)
 

@@ -45,6 +45,21 @@ class AssembleConfig:
     verify_images: bool = True
     batch_size: int = 512
     captions: str | None = None  # a recaption OUTPUT folder whose captions to join
+    split_engine: str = "rules"  # shards.split engines: "rules" (fast) or "punkt" (nltk)
+    extra_abbreviations: list[str] = field(default_factory=list)  # never split after these
+    extra_titles: list[str] = field(default_factory=list)  # "Gen.", "Fr.": never end a sentence
+
+    def split(self, text: str) -> list[str]:
+        """`split_caption` with this config's engine and lexicon additions."""
+        if not (self.extra_abbreviations or self.extra_titles):
+            return split_caption(text, self.split_engine)
+        from shards.split_rules import SplitterConfig
+
+        extra = SplitterConfig(
+            extra_abbreviations=frozenset(self.extra_abbreviations),
+            extra_titles=frozenset(self.extra_titles),
+        )
+        return split_caption(text, self.split_engine, extra)
 
     def validate(self, where: str = "assemble config") -> None:
         if self.shard_size < 1:
@@ -56,6 +71,10 @@ class AssembleConfig:
             raise ValueError(f"{where}: formats {self.formats} must be a subset of {FORMATS}")
         if self.batch_size < 1:
             raise ValueError(f"{where}: batch_size must be >= 1")
+        if self.split_engine not in ("rules", "punkt"):
+            raise ValueError(
+                f"{where}: split_engine must be rules or punkt, got {self.split_engine!r}"
+            )
 
 
 @dataclass
@@ -132,7 +151,7 @@ def _to_sample(inp: InputSample, cfg: AssembleConfig) -> S.Sample:
     sample.image, sample.image_format = data, fmt or inp.image_format
     sample.sha256 = hashlib.sha256(data).hexdigest()
     for model, entry in sorted(inp.long_captions.items()):
-        sample.long_captions.append(_long_caption(model, entry))
+        sample.long_captions.append(_long_caption(model, entry, cfg))
     for model, text in sorted(inp.short_captions.items()):
         short, _ = _valid_text(text)
         sample.short_captions.append({"model": model, "text": clean_text(short or "")})
@@ -140,11 +159,11 @@ def _to_sample(inp: InputSample, cfg: AssembleConfig) -> S.Sample:
     if not sample.caption and not has_long:
         return _fail(sample, S.FAIL_CAPTION_EMPTY, f"{inp.origin}: no caption and no long caption")
     if sample.caption:
-        sample.caption_subcaptions = len(split_caption(sample.caption))
+        sample.caption_subcaptions = len(cfg.split(sample.caption))
     return sample
 
 
-def _long_caption(model: str, entry: dict[str, Any]) -> S.LongCaption:
+def _long_caption(model: str, entry: dict[str, Any], cfg: AssembleConfig) -> S.LongCaption:
     text, ok = _valid_text(entry.get("text"))
     lc = S.LongCaption(
         model=model,
@@ -162,7 +181,7 @@ def _long_caption(model: str, entry: dict[str, Any]) -> S.LongCaption:
     elif not lc.text:
         lc.status = S.LONG_EMPTY
     if lc.status == S.LONG_OK:
-        lc.subcaptions = split_caption(lc.text)
+        lc.subcaptions = cfg.split(lc.text)
         if not lc.subcaptions:
             lc.status = S.LONG_EMPTY
     return lc

@@ -112,3 +112,14 @@ def test_check_image_rejects_decompression_bombs():
             A.check_image(png_bytes(size=(20, 20)))
     finally:
         Image.MAX_IMAGE_PIXELS = old
+
+
+def test_splitter_options_reach_the_split():
+    plain = A.AssembleConfig()
+    titled = A.AssembleConfig(extra_titles=["Zqx."])
+    text = "Meet Zqx. The dog runs."
+    assert plain.split(text) == ["Meet Zqx.", "The dog runs."]
+    assert titled.split(text) == ["Meet Zqx. The dog runs."]
+    assert A.AssembleConfig(split_engine="punkt").split("A cat. A dog.") == ["A cat.", "A dog."]
+    with pytest.raises(ValueError, match="split_engine"):
+        A.AssembleConfig(split_engine="regex").validate()
