@@ -3,6 +3,13 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -42,3 +49,52 @@ def tiny_models(tmp_path_factory):
     from recaption.tiny_models import make_tiny_models
 
     return make_tiny_models(tmp_path_factory.mktemp("models"))
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def ray_head(tmp_path_factory):
+    """`ray start --head --block` on 127.0.0.1 with free ports, ended after the session.
+
+    --block keeps the head in one process we own, so ending it stops only this cluster (a
+    `ray stop` would stop every Ray of the user)."""
+    pytest.importorskip("ray")
+    ray_bin = Path(sys.executable).parent / "ray"
+    port, dash = _free_port(), _free_port()
+    temp = tmp_path_factory.mktemp("ray")
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    cmd = [
+        str(ray_bin), "start", "--head", "--block", "--num-cpus", "4", "--port", str(port),
+        "--node-ip-address", "127.0.0.1", "--dashboard-host", "127.0.0.1",
+        "--dashboard-port", str(dash), "--temp-dir", str(temp), "--disable-usage-stats",
+    ]  # fmt: skip
+    log = open(temp / "head.log", "w")
+    head = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+    dashboard = f"http://127.0.0.1:{dash}"
+    deadline = time.time() + 120
+    while True:
+        try:
+            urllib.request.urlopen(f"{dashboard}/api/version", timeout=2)
+            break
+        except urllib.error.HTTPError:
+            break  # it answers (Ray 2.60 asks for its auth token): the job API is up
+        except OSError:
+            if head.poll() is not None or time.time() > deadline:
+                head.kill()
+                pytest.fail(f"ray head did not start: {(temp / 'head.log').read_text()[-2000:]}")
+            time.sleep(1)
+    yield {"address": f"127.0.0.1:{port}", "dashboard": dashboard, "env": env}
+    head.terminate()
+    try:
+        head.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        head.kill()
+    log.close()
+    shutil.rmtree(temp, ignore_errors=True)

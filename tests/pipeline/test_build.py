@@ -406,3 +406,24 @@ def test_chaos_kill_at_three_moments(reference_build, url_list, tiny_models, bui
     keys = [k for rows in got.values() for k, *_ in rows]
     assert len(keys) == len(set(keys)) == len(_url_rows(url_list))
     assert not list(out.rglob("*.tmp")), "temporary files left behind"
+
+
+@pytest.mark.slow
+def test_build_as_a_ray_job(reference_build, url_list, tiny_models, ray_head, tmp_path):
+    """`ray job submit ... -- python -m pipeline.build` against a head on 127.0.0.1 gives the
+    same dataset as the local build."""
+    _, ref_out, ref_rc, ref_log = reference_build
+    assert ref_rc == 0, _tail(ref_log)
+    out = tmp_path / "out_job"
+    cfg = _write_config(tmp_path / "build.yaml", url_list, out, tiny_models)
+    repo = Path(__file__).resolve().parents[2]
+    cmd = [
+        str(Path(sys.executable).parent / "ray"), "job", "submit",
+        "--address", ray_head["dashboard"], "--working-dir", str(repo), "--",
+        sys.executable, "-m", "pipeline.build", "--config", str(cfg),
+    ]  # fmt: skip
+    r = subprocess.run(cmd, env=ray_head["env"], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "succeeded" in r.stdout.lower()
+    _check_report(out)
+    assert _comparable(out) == _comparable(ref_out)
