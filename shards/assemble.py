@@ -218,6 +218,22 @@ def _count_batch(samples: list[S.Sample], tokenizer: str | None) -> None:
                 lc.subcaption_tokens = [next(counts) for _ in lc.subcaptions]
 
 
+def _prepared(
+    batch: list[InputSample], cfg: AssembleConfig, seen: set[str], first_row: int
+) -> list[S.Sample]:
+    """A batch checked, split and counted, with safe unique keys (`seen` is updated)."""
+    samples = [_to_sample(inp, cfg) for inp in batch]
+    _count_batch(samples, cfg.tokenizer)
+    for i, (inp, sample) in enumerate(zip(batch, samples, strict=True)):
+        row = first_row + i
+        sample.key = _UNSAFE_KEY.sub("_", sample.key) or f"row{row:09d}"
+        if sample.key in seen:
+            _fail(sample, S.FAIL_DUPLICATE_KEY, f"{inp.origin}: key seen before")
+            sample.key = f"{sample.key}__dup{row:09d}"
+        seen.add(sample.key)
+    return samples
+
+
 def completed_shards(out_dir: Path) -> list[dict[str, Any]]:
     """Stats of the finished shards of a previous run, in order; each covers input rows."""
     done = []
@@ -300,14 +316,7 @@ def assemble(
 
     try:
         for batch in _batches(rows(), cfg.batch_size):
-            samples = [_to_sample(inp, cfg) for inp in batch]
-            _count_batch(samples, cfg.tokenizer)
-            for i, sample in enumerate(samples):
-                sample.key = _UNSAFE_KEY.sub("_", sample.key) or f"row{skip + n_in:09d}"
-                if sample.key in seen:
-                    _fail(sample, S.FAIL_DUPLICATE_KEY, f"{batch[i].origin}: key seen before")
-                    sample.key = f"{sample.key}__dup{skip + n_in:09d}"
-                seen.add(sample.key)
+            for sample in _prepared(batch, cfg, seen, skip + n_in):
                 writer.write(sample)
                 n_in += 1
                 n_ok += sample.ok
@@ -366,14 +375,7 @@ def assemble_shard(
             if join is not None:
                 for inp in batch:
                     join.attach(inp)
-            samples = [_to_sample(inp, cfg) for inp in batch]
-            _count_batch(samples, cfg.tokenizer)
-            for inp, sample in zip(batch, samples, strict=True):
-                sample.key = _UNSAFE_KEY.sub("_", sample.key) or f"row{n_in:09d}"
-                if sample.key in seen:
-                    _fail(sample, S.FAIL_DUPLICATE_KEY, f"{inp.origin}: key seen before")
-                    sample.key = f"{sample.key}__dup{n_in:09d}"
-                seen.add(sample.key)
+            for sample in _prepared(batch, cfg, seen, n_in):
                 writer.write(sample)
                 n_in += 1
         if writer.current is None:
