@@ -24,7 +24,12 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.ingest import IngestConfig, prepare_url_list, ready_shards, start_ingest
-from pipeline.recaption_config import ConfigError, RecaptionConfig, parse_config
+from pipeline.recaption_config import (
+    ConfigError,
+    RecaptionConfig,
+    parse_config,
+    resolve_model_paths,
+)
 from shards.assemble import AssembleConfig
 
 
@@ -89,12 +94,7 @@ def load_build_config(path: str | Path) -> BuildConfig:
             f"{p}: models: name(s) {taken} are the names given to released captions of the URL "
             "list (longIB/longSV/longLLA_captions); choose other names"
         )
-    for i, m in enumerate(recaption.models):
-        local = base / Path(m.path).expanduser()
-        if local.exists():
-            m.path = str(local.resolve())
-        elif m.path.startswith((".", "/", "~")) or m.path.count("/") != 1:
-            raise ConfigError(f"{p}: models[{i}].path: {m.path!r} is neither a folder nor a hub id")
+    resolve_model_paths(recaption.models, base, str(p))
     return BuildConfig(str(output), ingest, recaption, assemble)
 
 

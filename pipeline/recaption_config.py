@@ -206,12 +206,20 @@ def load_config(path: str | Path) -> RecaptionConfig:
     base = p.resolve().parent
     cfg.input = str((base / Path(cfg.input).expanduser()).resolve())
     cfg.output = str((base / Path(cfg.output).expanduser()).resolve())
-    for i, m in enumerate(cfg.models):
+    resolve_model_paths(cfg.models, base, str(p))
+    return cfg
+
+
+def resolve_model_paths(models: list[ModelConfig], base: Path, source: str) -> None:
+    """Make local model paths absolute (relative to the config's folder) and check them: a
+    folder's architecture must fit the family, anything else must look like a hub id."""
+    for i, m in enumerate(models):
         local = base / Path(m.path).expanduser()  # an absolute path stays as it is
         if local.exists():
             m.path = str(local.resolve())
-            _check_architecture(m, local, f"{p}: models[{i}]")
+            _check_architecture(m, local, f"{source}: models[{i}]")
         elif m.path.startswith((".", "/", "~")) or m.path.count("/") != 1:
             # Not a folder and not shaped like a hub id ("org/name"): a typo, say so now.
-            raise ConfigError(f"{p}: models[{i}].path: {m.path!r} is neither a folder nor a hub id")
-    return cfg
+            raise ConfigError(
+                f"{source}: models[{i}].path: {m.path!r} is neither a folder nor a hub id"
+            )
