@@ -27,6 +27,7 @@ from pipeline.ingest import IngestConfig, prepare_url_list, ready_shards, start_
 from pipeline.recaption_config import (
     ConfigError,
     RecaptionConfig,
+    build_dataclass,
     parse_config,
     resolve_model_paths,
 )
@@ -60,7 +61,7 @@ def load_build_config(path: str | Path) -> BuildConfig:
     output = (base / Path(str(data.pop("output"))).expanduser()).resolve()
     ingest_data = data.pop("ingest")
     assemble_data = data.pop("assemble", {}) or {}
-    ingest = _dataclass_from(IngestConfig, ingest_data, f"{p}: ingest")
+    ingest = _ingest_config(ingest_data, f"{p}: ingest")
     ingest.url_list = str((base / Path(ingest.url_list).expanduser()).resolve())
     allowed = {
         "formats",
@@ -98,25 +99,13 @@ def load_build_config(path: str | Path) -> BuildConfig:
     return BuildConfig(str(output), ingest, recaption, assemble)
 
 
-def _dataclass_from(cls, data: Any, where: str):
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where}: must be a mapping")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        raise ConfigError(f"{where}: unknown field(s) {unknown}; known: {sorted(fields)}")
-    for name, f in fields.items():
-        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-        if required and name not in data:
-            raise ConfigError(f"{where}.{name}: is required")
-        value = data.get(name)
-        if (
-            name in data
-            and str(f.type).startswith("int")
-            and (isinstance(value, bool) or not isinstance(value, int) or value < 1)
-        ):
-            raise ConfigError(f"{where}.{name}: must be a positive integer, got {value!r}")
-    return cls(**data)
+def _ingest_config(data: Any, where: str) -> IngestConfig:
+    cfg = build_dataclass(IngestConfig, data, where)
+    for f in dataclasses.fields(IngestConfig):
+        value, least = getattr(cfg, f.name), 0 if f.name == "retries" else 1
+        if f.type == "int" and value < least:
+            raise ConfigError(f"{where}.{f.name}: must be an integer >= {least}, got {value!r}")
+    return cfg
 
 
 def _write_rejected(work: Path, out: Path) -> None:

@@ -92,7 +92,8 @@ def _coerce(value: Any, typ: Any, where: str) -> Any:
     return value
 
 
-def _build(cls, data: Any, where: str, skip: tuple[str, ...] = ()):
+def build_dataclass(cls, data: Any, where: str, skip: tuple[str, ...] = ()):
+    """`cls(**data)` after checking fields (unknown, missing, types); errors name `where.field`."""
     if not isinstance(data, dict):
         raise _fail(where, f"must be a mapping, got {type(data).__name__}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
@@ -144,12 +145,12 @@ def parse_config(data: Any, source: str = "config") -> RecaptionConfig:
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: the top level must be a mapping")
     try:
-        cfg = _build(RecaptionConfig, data, "", skip=("models",))
+        cfg = build_dataclass(RecaptionConfig, data, "", skip=("models",))
         if not isinstance(cfg.models, list) or not cfg.models:
             raise _fail("models", "must be a non-empty list of models")
         models = []
         for i, m in enumerate(cfg.models):
-            model = _build(ModelConfig, m, f"models[{i}]")
+            model = build_dataclass(ModelConfig, m, f"models[{i}]")
             _validate_model(model, f"models[{i}]")
             models.append(model)
         names = [m.name for m in models]
