@@ -70,6 +70,7 @@ def decode_image(data: bytes, max_side: int):
 
 def decode_shard(root: str, shard: str, max_side: int) -> DecodedShard:
     """Read one input shard and decode its images (runs in a Ray CPU task, not in an engine)."""
+    from shards.inputs import load_image_bytes
     from shards.readers import read_shard
 
     out = DecodedShard(shard)
@@ -83,15 +84,9 @@ def decode_shard(root: str, shard: str, max_side: int) -> DecodedShard:
         if sample.status != S.STATUS_OK:
             out.failures[key] = (sample.status, sample.error or sample.status)
             continue
-        data = sample.image
-        if data is None and sample.image_path is not None:
-            try:
-                data = Path(sample.image_path).read_bytes()
-            except OSError as exc:
-                out.failures[key] = (S.FAIL_IMAGE_MISSING, f"{sample.origin}: {exc}")
-                continue
+        data, missing = load_image_bytes(sample)
         if data is None:
-            out.failures[key] = (S.FAIL_IMAGE_MISSING, f"{sample.origin}: no image")
+            out.failures[key] = (S.FAIL_IMAGE_MISSING, missing)
             continue
         try:
             out.images.append(decode_image(data, max_side))

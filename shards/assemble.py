@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from shards import schema as S
-from shards.inputs import InputError, InputSample
+from shards.inputs import InputError, InputSample, load_image_bytes
 from shards.readers import read_input
 from shards.shard_reader import read_shard_table
 from shards.split import split_caption
@@ -136,14 +136,9 @@ def _to_sample(inp: InputSample, cfg: AssembleConfig) -> S.Sample:
         return sample
     if not caption_ok:
         return _fail(sample, S.FAIL_CAPTION_ENCODING, f"{inp.origin}: caption is not UTF-8")
-    data = inp.image
-    if data is None and inp.image_path is not None:
-        try:
-            data = inp.image_path.read_bytes()
-        except OSError as exc:
-            return _fail(sample, S.FAIL_IMAGE_MISSING, f"{inp.origin}: {inp.image_path}: {exc}")
+    data, missing = load_image_bytes(inp)
     if data is None:
-        return _fail(sample, S.FAIL_IMAGE_MISSING, f"{inp.origin}: no image")
+        return _fail(sample, S.FAIL_IMAGE_MISSING, missing)
     try:
         sample.width, sample.height, fmt = check_image(data, cfg.verify_images)
     except Exception as exc:  # PIL raises many types for bad bytes

@@ -65,3 +65,15 @@ def long_entry(value: Any) -> dict[str, Any] | None:
         return entry
     text = as_text(value)
     return None if text is None else {"text": text}
+
+
+def load_image_bytes(sample: InputSample) -> tuple[bytes | None, str | None]:
+    """The sample's encoded image (from the input, or read from its path), or (None, reason)."""
+    if sample.image is not None:
+        return sample.image, None
+    if sample.image_path is not None:
+        try:
+            return Path(sample.image_path).read_bytes(), None
+        except OSError as exc:
+            return None, f"{sample.origin}: {sample.image_path}: {exc}"
+    return None, f"{sample.origin}: no image"
