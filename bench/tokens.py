@@ -12,8 +12,9 @@ import os
 import platform
 import time
 
-os.environ["RAYON_NUM_THREADS"] = "1"  # before tokenizers starts its thread pool
-os.environ["TOKENIZERS_PARALLELISM"] = "false"
+from shards.tokens import set_single_thread
+
+set_single_thread()  # before tokenizers starts its thread pool
 
 
 def main() -> None:

@@ -71,8 +71,8 @@ def _raw_caption(rng: random.Random, shapes: list[dict[str, Any]]) -> str:
 def _long_caption(rng: random.Random, shapes, bg: str, style: str) -> str:
     n = len(shapes)
     if style == "llava":
-        parts = [f"The image features {n} simple geometric shape{'s' * (n > 1)} on a {bg} bg."]
-        parts[0] = parts[0].replace(" bg.", " background.")
+        s = "s" * (n > 1)
+        parts = [f"The image features {n} simple geometric shape{s} on a {bg} background."]
         for s in shapes:
             pct = 100 * s["size"] ** 2
             parts.append(

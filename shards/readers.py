@@ -24,9 +24,7 @@ from shards.inputs import (
     as_text,
     long_entry,
 )
-from shards.tar_reader import iter_tar_samples
-
-IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp", "gif")
+from shards.tar_reader import IMAGE_EXTS, iter_tar_samples
 
 KEY_COLUMNS = ("key",)
 IMAGE_COLUMNS = ("image_path", "Image Path", "image", "filepath", "file_name", "path")
