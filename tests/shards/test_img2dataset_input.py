@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import functools
-import http.server
 import json
 import os
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pyarrow as pa
@@ -22,26 +19,17 @@ from tests.shards.helpers import jpeg_bytes
 pytestmark = pytest.mark.slow
 
 
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
-
-
 @pytest.fixture
 def server(tmp_path):
+    from pipeline.loopback import serve
+
     root = tmp_path / "www"
     root.mkdir()
     for i in range(6):
         (root / f"{i}.jpg").write_bytes(jpeg_bytes(color=(40 * i, 90, 200), size=(80, 60)))
     (root / "page.jpg").write_text("<html><body>not an image</body></html>")
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
-    handler.log_message = lambda *a, **k: None
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
-    httpd.server_close()
+    with serve(root) as base_url:
+        yield base_url
 
 
 def test_img2dataset_output_assembles_with_failures_carried(tmp_path, server):
