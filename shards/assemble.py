@@ -8,6 +8,7 @@ written (ok or failed) is checked at the end of every run.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -51,15 +52,19 @@ class AssembleConfig:
 
     def split(self, text: str) -> list[str]:
         """`split_caption` with this config's engine and lexicon additions."""
+        return split_caption(text, self.split_engine, self._splitter_config)
+
+    @functools.cached_property
+    def _splitter_config(self):
+        """Built once, not per caption: the splitter is on the hot path."""
         if not (self.extra_abbreviations or self.extra_titles):
-            return split_caption(text, self.split_engine)
+            return None
         from shards.split_rules import SplitterConfig
 
-        extra = SplitterConfig(
+        return SplitterConfig(
             extra_abbreviations=frozenset(self.extra_abbreviations),
             extra_titles=frozenset(self.extra_titles),
         )
-        return split_caption(text, self.split_engine, extra)
 
     def validate(self, where: str = "assemble config") -> None:
         if self.shard_size < 1:
