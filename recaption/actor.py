@@ -8,6 +8,7 @@ sends the unit again.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections import Counter
 from typing import Any
@@ -78,8 +79,9 @@ class EngineWorker:
         }
 
 
+@functools.cache
 def actor_class():
-    """The Ray actor class, built lazily so that importing this module needs no Ray."""
+    """The Ray actor class, built lazily (importing this module needs no Ray) and once."""
     import ray
 
     return ray.remote(EngineWorker)
