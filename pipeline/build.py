@@ -136,7 +136,7 @@ def _write_rejected(work: Path, out: Path) -> None:
 def run_build(cfg: BuildConfig) -> dict[str, Any]:
     import ray
 
-    from pipeline.recaption import init_ray, run
+    from pipeline.recaption import _short, init_ray, run
     from shards.assemble import assemble_shard
 
     t0 = time.time()
@@ -150,9 +150,9 @@ def run_build(cfg: BuildConfig) -> dict[str, Any]:
         flush=True,
     )
     _write_rejected(work, shards_out)
-    expected = [f"{i:05d}" for i in range(summary["shards"])]
+    expected = {f"{i:05d}" for i in range(summary["shards"])}
     proc = None
-    if set(ready_shards(work / "shards")) < set(expected):
+    if set(ready_shards(work / "shards")) < expected:
         proc = start_ingest(cfg.ingest, work, summary["extra_columns"])
     init_ray(cfg.recaption)
     acfg = dataclasses.replace(cfg.assemble, captions=str(out / "recaption"))
@@ -163,7 +163,7 @@ def run_build(cfg: BuildConfig) -> dict[str, Any]:
 
     def source() -> tuple[list[str], bool]:
         more = proc is not None and proc.poll() is None
-        return [s for s in ready_shards(work / "shards") if s in set(expected)], more
+        return [s for s in ready_shards(work / "shards") if s in expected], more
 
     def on_unit(model: str, shard: str) -> None:
         captioned.setdefault(shard, set()).add(model)
@@ -175,9 +175,7 @@ def run_build(cfg: BuildConfig) -> dict[str, Any]:
     report = run(cfg.recaption, source=source, on_unit=on_unit)
     if proc is not None and proc.wait() != 0:
         print(f"build: img2dataset exited with {proc.returncode}; judging by its stats files")
-    missing = sorted(set(expected) - set(ready_shards(work / "shards")))
-    from pipeline.recaption import _short
-
+    missing = sorted(expected - set(ready_shards(work / "shards")))
     problems = []
     assembled = []
     for shard, ref in sorted(assembling.items()):
