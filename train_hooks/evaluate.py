@@ -206,7 +206,7 @@ def class_embeddings(
     tok: CornerTokenizer,
     classnames: Sequence[str],
     templates: Sequence[str] = TEMPLATES,
-    bs: int = 256,
+    bs: int = 1024,
 ) -> torch.Tensor:
     """[C, D]: each class the normalised mean of its normalised prompt embeddings (open_clip's
     build_zero_shot_classifier); a prompt is tokenized as LoTLIP's tokenizer does ('. ' -> [SEP],

@@ -33,7 +33,10 @@ def load_dci(root: str | Path, max_samples: int | None = None) -> RetrievalSet:
     `densely_captioned_images/splits.json`, in its key order (7,805 images in the release); text =
     `short_caption + '\\n' + extra_caption` of `annotations/<file>`; image =
     `photos/<annotation's image>`."""
-    base = need_dir(Path(root) / "densely_captioned_images", "DCI's dci.tar.gz unpacked here")
+    root = Path(root)
+    if (root / "splits.json").is_file() and not (root / "densely_captioned_images").is_dir():
+        raise LayoutError(f"{root}: this is densely_captioned_images/ itself; give its parent")
+    base = need_dir(root / "densely_captioned_images", "DCI's dci.tar.gz unpacked here")
     splits = read_json(base / "splits.json", 'DCI splits.json: {"train": [...], ...}')
     if not isinstance(splits, dict):
         raise LayoutError(f"{base / 'splits.json'}: expected an object of split -> file names")
