@@ -15,7 +15,7 @@ from __future__ import annotations
 from functools import cache
 from pathlib import Path
 
-from train_hooks.benchmarks.base import ClassificationSet, LayoutError, cap, need_dir
+from train_hooks.benchmarks.base import ClassificationSet, LayoutError, need_dir
 
 DATA = Path(__file__).parent / "data"
 IMAGE_SUFFIXES = {".jpeg", ".jpg", ".png"}
@@ -72,8 +72,8 @@ def load_imagenet(root: str | Path, max_samples: int | None = None) -> Classific
         images, labels = [images[i] for i in keep], [labels[i] for i in keep]
     return ClassificationSet(
         "imagenet",
-        cap(images, max_samples),
-        cap(labels, max_samples),
+        images,
+        labels,
         list(imagenet_classnames()),
         list(openai_templates()),
         {"root": str(val), "class_folders": len(folders)},
