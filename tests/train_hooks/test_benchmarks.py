@@ -382,6 +382,25 @@ def test_cli_long8_table(checkpoint, tmp_path, capsys):
     assert "| Model | DCI I2T | DCI T2I |" in out and "| Avg |" in out
 
 
+def test_image_files_embedded_once(checkpoint, tmp_path, monkeypatch):
+    """ShareGPT4V-10k after -1k embeds only the images -1k did not; results are unchanged."""
+    from train_hooks.benchmarks import run
+    from train_hooks.evaluate import load_checkpoint
+
+    model, _, _ = load_checkpoint(checkpoint)
+    make_sharegpt4v(tmp_path)
+    paths = load_benchmark("sharegpt4v-10k", tmp_path, max_samples=5).images
+    seen = []
+    real = run.embed_images
+    monkeypatch.setattr(run, "embed_images", lambda m, p, *a: seen.append(len(p)) or real(m, p, *a))
+    cache: dict = {}
+    first = run.embed_image_files(model, paths[:3], cache=cache)
+    both = run.embed_image_files(model, paths + paths[:1], cache=cache)
+    assert seen == [3, 2]
+    assert torch.equal(both[:3], first) and torch.equal(both[5], both[0])
+    assert torch.allclose(both, real(model, paths + paths[:1]), atol=1e-6)
+
+
 def test_cli_bench_root_overrides(checkpoint, tmp_path):
     make_dci(tmp_path / "elsewhere")
     res = eval_json(

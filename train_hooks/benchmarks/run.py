@@ -29,16 +29,33 @@ from train_hooks.tokenizer import CornerTokenizer
 KS = (1, 5, 10)
 
 
+def embed_image_files(
+    model: LoTLIP,
+    paths: Sequence[Path],
+    batch_size: int = 64,
+    workers: int = 0,
+    cache: dict[Path, torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """[N, D] embeddings of image files, each file embedded once per `cache` (ShareGPT4V-10k
+    starts with ShareGPT4V-1k's images)."""
+    cache = {} if cache is None else cache
+    todo = [p for p in dict.fromkeys(paths) if p not in cache]
+    if todo:
+        cache.update(zip(todo, embed_images(model, todo, batch_size, workers), strict=True))
+    return torch.stack([cache[p] for p in paths])
+
+
 def score_retrieval(
     model: LoTLIP,
     tok: CornerTokenizer,
     rs: RetrievalSet,
     batch_size: int = 64,
     workers: int = 0,
+    cache: dict[Path, torch.Tensor] | None = None,
 ) -> dict[str, Any]:
     """{"images", "texts", "texts_filling_context", "i2t_R@1", ..., "t2i_R@10"} (percent)."""
     model.eval()
-    img = embed_images(model, rs.images, batch_size, workers)
+    img = embed_image_files(model, rs.images, batch_size, workers, cache)
     txt = embed_texts(model, tok, rs.texts, batch_size).cpu()
     res: dict[str, Any] = {"images": len(rs.images), "texts": len(rs.texts)}
     # Texts that fill the whole context (cut, or fitting exactly): long captions may not fit.
@@ -59,7 +76,7 @@ def score_classification(
     """{"images", "classes", "templates", "top1", "top5"} (percent)."""
     model.eval()
     cls = class_embeddings(model, tok, cs.classnames, cs.templates)
-    img = embed_images(model, cs.images, batch_size, workers)
+    img = embed_image_files(model, cs.images, batch_size, workers)
     res: dict[str, Any] = {
         "images": len(cs.images),
         "classes": len(cs.classnames),
@@ -103,13 +120,13 @@ def run_benchmarks(
 ) -> dict[str, dict[str, Any]]:
     """{benchmark: figures} for `name` (one benchmark or `long8`)."""
     names = expand(name)
-    out = {}
+    out, cache = {}, {}
     for n in names:
         where = benchmark_root(n, root, len(names) > 1, overrides)
         data = load_benchmark(n, where, max_samples, annotations)
         log(f"{n}: {len(data.images)} images from {where}")
         if isinstance(data, RetrievalSet):
-            out[n] = score_retrieval(model, tok, data, batch_size, workers)
+            out[n] = score_retrieval(model, tok, data, batch_size, workers, cache)
         else:
             out[n] = score_classification(model, tok, data, batch_size, workers)
         out[n]["root"] = str(where)
