@@ -57,21 +57,77 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pairs(items: list[str] | None) -> dict[str, str]:
+    out = {}
+    for item in items or ():
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise SystemExit(f"--bench-root {item!r}: expected NAME=DIR, e.g. dci=/data/dci")
+        out[name] = path
+    return out
+
+
 def _cmd_eval(args: argparse.Namespace) -> int:
     from train_hooks.evaluate import evaluate_retrieval, format_results, load_checkpoint, zero_shot
 
-    model, tok, ck = load_checkpoint(args.checkpoint)
-    print(f"longcap eval: checkpoint {ck['path']} (step {ck['step']}) on {args.shards}")
-    models = args.models.split(",") if args.models else None
-    res = evaluate_retrieval(model, tok, args.shards, args.format, models, args.max_samples)
+    if not (args.shards or args.benchmark or args.zeroshot):
+        raise SystemExit("longcap eval: give --shards DIR, --benchmark NAME or --zeroshot DIR")
+    device = args.device
+    if device == "auto":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    model, tok, ck = load_checkpoint(args.checkpoint, device)
+    print(f"longcap eval: checkpoint {ck['path']} (step {ck['step']}) on {device}")
+    res: dict = {}
+    if args.shards:
+        models = args.models.split(",") if args.models else None
+        res.update(
+            evaluate_retrieval(model, tok, args.shards, args.format, models, args.max_samples)
+        )
     if args.zeroshot:
         classes = Path(args.classes).read_text().split("\n") if args.classes else None
         classes = [c for c in classes if c.strip()] if classes else None
-        res.update(zero_shot(model, tok, args.zeroshot, args.label_field, classes))
-    print(f"{res['images']} images, {res.get('long_texts', 0)} long texts")
-    print(format_results(res))
+        zs = zero_shot(
+            model, tok, args.zeroshot, args.label_field, classes, max_samples=args.max_samples
+        )
+        res.update(zs)
+    if res:
+        if "long_texts" in res:
+            print(f"{res['images']} images, {res.get('long_texts', 0)} long texts")
+        print(format_results(res))
+    out: dict = dict(res)
+    if args.benchmark:
+        from train_hooks.benchmarks import run
+        from train_hooks.benchmarks.text import clean_engine
+
+        bench = run.run_benchmarks(
+            model,
+            tok,
+            args.benchmark,
+            args.root,
+            _pairs(args.bench_root),
+            args.max_samples,
+            args.annotations,
+            args.batch_size,
+            args.workers,
+        )
+        print(run.format_results(bench))
+        out = {
+            "checkpoint": ck["path"],
+            "step": ck["step"],
+            "context_length": tok.context_length,
+            "text_clean": clean_engine(),
+            "max_samples": args.max_samples,
+            "benchmarks": bench,
+            **({"shards": res} if res else {}),
+        }
+        if args.benchmark == "long8":
+            print("\nLoTLIP Table 2 (R@1, %):")
+            print(run.long8_table(bench, Path(ck["path"]).name))
+            out["long8"] = run.long8_figures(bench)
     if args.json:
-        Path(args.json).write_text(json.dumps(res, indent=1))
+        Path(args.json).write_text(json.dumps(out, indent=1))
         print(f"results: {args.json}")
     return 0
 
@@ -106,14 +162,43 @@ def add_train_commands(sub) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_train)
 
-    p = sub.add_parser("eval", help="retrieval R@1/R@5 (and zero-shot) of a trained checkpoint")
+    p = sub.add_parser(
+        "eval",
+        help="retrieval and zero-shot of a checkpoint on held-out shards or public benchmarks",
+    )
     p.add_argument("--checkpoint", required=True, help="run folder (latest checkpoint) or .pt")
-    p.add_argument("--shards", required=True, help="held-out shard folder")
+    p.add_argument("--shards", help="held-out shard folder")
     p.add_argument("--format", default="auto", choices=["auto", "tar", "parquet"])
     p.add_argument("--models", help="only these models' long captions, comma-separated")
-    p.add_argument("--max-samples", type=int, default=None)
+    p.add_argument("--max-samples", type=int, default=None, help="cap on samples read per set")
     p.add_argument("--zeroshot", metavar="DIR", help="labelled shard folder for zero-shot")
     p.add_argument("--label-field", default="source", help="metadata field holding the class")
     p.add_argument("--classes", help="file of class names, one a line")
-    p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    p.add_argument(
+        "--benchmark",
+        choices=["dci", "iiw", "sharegpt4v-1k", "sharegpt4v-10k", "urban1k", "docci", "coco"]
+        + ["flickr30k", "imagenet", "long8"],
+        help="a public benchmark in its released layout (docs/EVAL.md); long8: LoTLIP's "
+        "Table 2 (DCI, IIW, ShareGPT4V-1k, -10k; I2T and T2I)",
+    )
+    p.add_argument(
+        "--root",
+        help="the benchmark's folder; for long8 a folder holding dci/, iiw/, sharegpt4v/",
+    )
+    p.add_argument(
+        "--bench-root",
+        action="append",
+        metavar="NAME=DIR",
+        help="folder of one benchmark (NAME: dci, iiw, sharegpt4v, ...), overrides --root",
+    )
+    p.add_argument(
+        "--annotations",
+        metavar="FILE",
+        help="annotation file in place of the one under the root (share4v_sam_10k.json, "
+        "dataset_coco.json, ...)",
+    )
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--workers", type=int, default=4, help="image decoding threads")
+    p.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda")
+    p.add_argument("--json", metavar="FILE", help="also write every figure as JSON")
     p.set_defaults(func=_cmd_eval)

@@ -9,30 +9,32 @@ top k; text-to-image when the text's image is.
 Zero-shot: a "labelled shard set" is any longcap shard folder whose samples carry a class name in
 a field of their metadata (the tar's KEY.json or a Parquet column); the default field is `source`,
 which every longcap shard has. Class names are the sorted distinct labels unless given; each class
-is embedded as the mean of its prompt templates ("a photo of a {}." ...), as CLIP does.
+is embedded as the mean of OpenAI's 80 ImageNet prompt templates ("a bad photo of a {}." ...;
+train_hooks/benchmarks/data/openai_imagenet_templates.txt), as CLIP and LoTLIP do.
+
+The public benchmarks (DCI, IIW, ShareGPT4V, Urban1k, DOCCI, COCO, Flickr30k, ImageNet) live in
+train_hooks.benchmarks and use the embedding, recall and classifier functions here.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from train_hooks.benchmarks.imagenet import openai_templates
+from train_hooks.benchmarks.text import short_text_pieces
 from train_hooks.data import image_to_tensor, list_shards, read_shard
 from train_hooks.model import LoTLIP, ModelConfig
 from train_hooks.sampling import full_long_texts
 from train_hooks.tokenizer import CornerTokenizer
 
-TEMPLATES = (
-    "a photo of a {}.",
-    "a picture of a {}.",
-    "an image of a {}.",
-    "a drawing of a {}.",
-    "a rendering of a {}.",
-)
+# OpenAI's 80 ImageNet prompt templates (a data file), for every zero-shot evaluation.
+TEMPLATES = openai_templates()
 
 
 def load_checkpoint(path: str | Path, device: str = "cpu") -> tuple[LoTLIP, CornerTokenizer, dict]:
@@ -77,15 +79,24 @@ def embed_texts(
 
 
 @torch.no_grad()
-def embed_images(model: LoTLIP, images: list[bytes], bs: int = 64) -> torch.Tensor:
+def embed_images(
+    model: LoTLIP, images: Sequence[bytes | Path], bs: int = 64, workers: int = 0
+) -> torch.Tensor:
+    """[N, D] normalised image embeddings of encoded images or image files (read batch by
+    batch, so a benchmark's files are never all in memory). `workers` > 0 decodes in that many
+    threads (PIL releases the GIL while decoding and resizing)."""
     c, dev = model.cfg, next(model.parameters()).device
+
+    def pixels(item: bytes | Path) -> torch.Tensor:
+        data = item if isinstance(item, bytes) else Path(item).read_bytes()
+        return image_to_tensor(data, c.image_size, c.image_mean, c.image_std)
+
     out = []
-    for chunk in _batches(images, bs):
-        px = torch.stack(
-            [image_to_tensor(b, c.image_size, c.image_mean, c.image_std) for b in chunk]
-        )
-        out.append(model.encode_image(px.to(dev)))
-    return torch.cat(out).float()
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        for chunk in _batches(list(images), bs):
+            px = list(pool.map(pixels, chunk)) if workers > 0 else [pixels(b) for b in chunk]
+            out.append(model.encode_image(torch.stack(px).to(dev)))
+    return torch.cat(out).float().cpu() if out else torch.zeros(0, model.cfg.embed_dim)
 
 
 def read_eval_set(
@@ -107,7 +118,10 @@ def read_eval_set(
 def recall_at(
     sim: torch.Tensor, text_image: torch.Tensor, ks: Sequence[int] = (1, 5)
 ) -> dict[str, float]:
-    """R@k in percent for sim [images, texts] where text t belongs to image text_image[t]."""
+    """R@k in percent for sim [images, texts] where text t belongs to image text_image[t].
+
+    An image may own several texts (COCO's five captions): image-to-text counts a hit when ANY
+    of its texts is among its top k; text-to-image when the text's image is among the top k."""
     n_img = sim.shape[0]
     res = {}
     for k in ks:
@@ -173,18 +187,41 @@ def zero_shot(
         raise ValueError(
             f"{shards_dir}: no sample has a label in field {label_field!r} among the classes"
         )
-    prompts = [[t.format(n)] for n in names for t in templates]
-    cls = embed_texts(model, tok, prompts).cpu().view(len(names), len(templates), -1).mean(1)
-    cls = F.normalize(cls, dim=-1)
-    img = embed_images(model, [r["image"] for r in keep]).cpu()
+    cls = class_embeddings(model, tok, names, templates)
+    img = embed_images(model, [r["image"] for r in keep])
     truth = torch.tensor([index[str(r["label"])] for r in keep])
-    top = (img @ cls.t()).topk(min(5, len(names)), dim=1).indices
+    acc = top_k_accuracy(img @ cls.t(), truth)
     return {
-        "zeroshot/top1": 100.0 * (top[:, 0] == truth).float().mean().item(),
-        "zeroshot/top5": 100.0 * (top == truth[:, None]).any(1).float().mean().item(),
+        "zeroshot/top1": acc["top1"],
+        "zeroshot/top5": acc["top5"],
         "classes": len(names),
         "images": len(keep),
         "unlabelled": len(recs) - len(keep),
+    }
+
+
+@torch.no_grad()
+def class_embeddings(
+    model: LoTLIP,
+    tok: CornerTokenizer,
+    classnames: Sequence[str],
+    templates: Sequence[str] = TEMPLATES,
+    bs: int = 1024,
+) -> torch.Tensor:
+    """[C, D]: each class the normalised mean of its normalised prompt embeddings (open_clip's
+    build_zero_shot_classifier); a prompt is tokenized as LoTLIP's tokenizer does ('. ' -> [SEP],
+    so "a photo of a St. Bernard." has one)."""
+    prompts = [short_text_pieces(t.format(n)) for n in classnames for t in templates]
+    emb = embed_texts(model, tok, prompts, bs).cpu()
+    return F.normalize(emb.view(len(classnames), len(templates), -1).mean(1), dim=-1)
+
+
+def top_k_accuracy(logits: torch.Tensor, truth: torch.Tensor) -> dict[str, float]:
+    """Top-1 and top-5 accuracy in percent for logits [images, classes]."""
+    top = logits.topk(min(5, logits.shape[1]), dim=1).indices
+    return {
+        "top1": 100.0 * (top[:, 0] == truth).float().mean().item(),
+        "top5": 100.0 * (top == truth[:, None]).any(1).float().mean().item(),
     }
 
 
