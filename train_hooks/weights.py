@@ -88,7 +88,7 @@ _TIMM_UNSUPPORTED = {
 # checkpoint's config.json names an architecture and gives no num_heads.
 _TIMM_HEADS = {"tiny": 3, "small": 6, "base": 12, "large": 16, "huge": 16, "giant": 16}
 _TIMM_EPS = 1e-6  # timm's VisionTransformer: norm_layer = partial(nn.LayerNorm, eps=1e-6)
-_PREFIXES = ("module.", "visual.trunk.", "trunk.", "model.")
+_PREFIXES = ("visual.trunk.", "trunk.", "model.")
 
 
 @dataclass
@@ -288,9 +288,19 @@ def _split_qkv(state: dict[str, torch.Tensor], path: Path) -> dict[str, torch.Te
     return out
 
 
+def _trunk_only(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Drop DDP's `module.` prefix; from a whole open_clip/LoTLIP checkpoint (image trunk under
+    `visual.trunk.`, text tower and logit_scale beside it) keep the image trunk only."""
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    if any(k.startswith("visual.trunk.") for k in state):
+        state = {k: v for k, v in state.items() if k.startswith("visual.trunk.")}
+    return state
+
+
 def _timm_vit(
     path: Path, state: dict[str, torch.Tensor], heads: int | None, cfg_width: int | None
 ) -> TowerWeights:
+    state = _trunk_only(state)
     for marker, what in _TIMM_UNSUPPORTED.items():
         if any(marker in k for k in state):
             raise ValueError(

@@ -84,6 +84,17 @@ def test_heads_from_preset_when_width_matches(tmp_path):
     _check_equal(model.eval(), m)
 
 
+def test_trunk_of_a_whole_open_clip_checkpoint(tmp_path):
+    """LoTLIP's own checkpoints (open_clip, saved from DDP): the image trunk under
+    `module.visual.trunk.`, next to the text tower and the temperature."""
+    m, _ = _timm_vit()
+    state = {f"module.visual.trunk.{k}": v for k, v in m.state_dict().items()}
+    state["module.text.transformer.embeddings.word_embeddings.weight"] = torch.zeros(5, 4)
+    state["module.logit_scale"] = torch.tensor(2.0)
+    torch.save({"epoch": 1, "state_dict": state}, tmp_path / "epoch_1.pt")
+    _check_equal(build_model(preset("tiny", vision_weights=str(tmp_path / "epoch_1.pt"))).eval(), m)
+
+
 def test_lit_equals_lotlip_trunk(tmp_path):
     """Locked, no image projection: the un-normalised image embedding is exactly what LoTLIP's
     trunk returns (timm.create_model(num_classes=0, global_pool='token'))."""
