@@ -213,12 +213,18 @@ def main() -> int:
         if att == "flex" and dev.type != "cuda":
             print(f"skip flex on {dev.type}: no FlexAttention backward there", file=sys.stderr)
             continue
-        results.append(run_variant(args, k, att, dev, dtype))
+        try:
+            results.append(run_variant(args, k, att, dev, dtype))
+        except Exception as e:  # noqa: BLE001 - one failing variant must not lose the others
+            print(f"K={k} {att}: failed: {type(e).__name__}: {e}", file=sys.stderr)
+            results.append({"corner_tokens": k, "attention": att, "error": repr(e)[:2000]})
         if dev.type == "cuda":
             torch.cuda.empty_cache()  # the previous variant's model is gone with its frame
     base = results[0]
     print(f"expected text-tower ratio (L+K)/L = {(L + K) / L:.4f} (L={L}, K={K})", file=sys.stderr)
     for r in results:
+        if "error" in r or "error" in base:
+            continue
         r["step_ratio_to_K0_dense"] = r["step_ms"] / base["step_ms"]
         r["text_ratio_to_K0_dense"] = r["text_ms"] / base["text_ms"]
         print(
