@@ -15,6 +15,7 @@ LoTLIP's files for each choice.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import asdict, dataclass, field, replace
 
 import torch
@@ -43,7 +44,7 @@ class ModelConfig:
     `image_proj`: "linear" (a learned [vision_width, embed_dim] map), "none" (the trunk's
     feature is the embedding; needs vision_width == embed_dim) or "auto" (none when lock_image
     and the widths agree, else linear). `text_attention`: "dense" ([B, L, L] boolean mask into
-    SDPA) or "flex" (FlexAttention block mask; compiled on CUDA).
+    SDPA) or "flex" (FlexAttention block mask, compiled; on CUDA only, dense elsewhere).
     """
 
     num_corner: int = 2
@@ -85,8 +86,9 @@ class ModelConfig:
             )
 
     def resolved_image_proj(self) -> str:
-        """ "linear" or "none" ("auto": none when the trunk is locked and already embed_dim
-        wide, which is LoTLIP's `timm_proj: none` with ViT-B/16 width 768 = embed dim 768)."""
+        """The image projection to build, "linear" or "none". "auto" is none when the trunk is
+        locked and already embed_dim wide: LoTLIP's `timm_proj: none`, ViT-B/16 width 768 =
+        embed dim 768."""
         if self.image_proj == "auto":
             locked_fits = self.lock_image and self.vision_width == self.embed_dim
             return "none" if locked_fits else "linear"
@@ -267,9 +269,10 @@ class LoTLIP(nn.Module):
         normalize: bool = True,
     ) -> torch.Tensor:
         """[B, D] from [CLS]; with_corners: [1 + K, B, D] ([CLS] first, then each corner)."""
-        if self.cfg.text_attention == "flex":
+        if self.cfg.text_attention == "flex" and ids.is_cuda:
             # Full length: static shapes keep the compiled kernel from recompiling per batch;
-            # the block mask skips the all-padding blocks anyway.
+            # the block mask skips the all-padding blocks anyway. Off CUDA the dense path runs
+            # (same outputs; FlexAttention has no CPU backward in torch 2.13).
             mask = corner_block_mask(self.num_corner, padding_mask)
         else:
             # Drop all-padding columns: masked keys change nothing, so results are the same.
@@ -320,4 +323,11 @@ def build_model(cfg: ModelConfig) -> LoTLIP:
         load_tower(model.text, text)
     if vision is not None:
         load_tower(model.vision, vision)
+    elif cfg.lock_image:
+        warnings.warn(
+            "lock_image with no vision_weights: the image trunk stays frozen at its random "
+            "initialisation; give a pretrained ViT (e.g. timm's vit_base_patch16_224."
+            "augreg_in21k) or turn lock_image off",
+            stacklevel=2,
+        )
     return model

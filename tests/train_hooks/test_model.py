@@ -245,17 +245,27 @@ def test_flex_block_mask_is_the_dense_rule(k):
 
 @pytest.mark.parametrize("k", [0, 2])
 def test_flex_attention_equals_dense(k):
-    """The FlexAttention path (eager on CPU) gives the dense path's embeddings. Its gradients
-    cannot be compared here: torch 2.13 has no FlexAttention backward on CPU."""
-    dense = _tiny(k)
-    flex = LoTLIP(preset("tiny", num_corner=k, text_attention="flex")).eval()
-    flex.load_state_dict(dense.state_dict())
+    """The text tower under the block mask (FlexAttention, eager on CPU) gives the dense path's
+    hidden states on every real token. Gradients cannot be compared here: torch 2.13 has no
+    FlexAttention backward on CPU, which is also why `text_attention="flex"` runs the dense
+    path off CUDA."""
+    model = _tiny(k)
     tok = CornerTokenizer(None, k, 40)
     ids, pad = tok([["one."], ["a longer text with some words.", "and a second one here."]])
     with torch.no_grad():
-        zd = dense.encode_text(ids, pad, with_corners=True)
-        zf = flex.encode_text(ids, pad, with_corners=True)
-    assert zf.shape == (1 + k, 2, 64)
-    assert torch.allclose(zd, zf, atol=1e-5)
+        dense = model.text(ids, corner_attention_mask(k, pad))
+        flex = model.text(ids, corner_block_mask(k, pad))
+    assert torch.allclose(dense[pad], flex[pad], atol=1e-5)
     with pytest.raises(NotImplementedError, match="backward on CPU"):
-        flex.encode_text(ids, pad)
+        model.text(ids, corner_block_mask(k, pad))
+    # Selected by the config: on CPU it falls back to the dense path, gradients and all.
+    fb = LoTLIP(preset("tiny", num_corner=k, text_attention="flex"))
+    fb.load_state_dict(model.state_dict())
+    z = fb.encode_text(ids, pad, with_corners=True)
+    assert torch.allclose(z, model.encode_text(ids, pad, with_corners=True), atol=1e-6)
+    z.sum().backward()
+
+
+def test_lit_without_pretrained_trunk_warns():
+    with pytest.warns(UserWarning, match="frozen at its random initialisation"):
+        build_model(preset("tiny", lock_image=True))
