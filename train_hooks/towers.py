@@ -1,9 +1,10 @@
 """The two towers, compact: a BERT-shaped text encoder and a ViT image encoder.
 
-Written out (rather than taken from transformers) so that the [B, L, L] boolean corner mask goes
-straight into `scaled_dot_product_attention` with nothing in between that could broadcast or
-drop it, and so the whole model reads in one sitting. Parameter layouts match BERT and ViT one to
-one, so `weights.py` loads a downloaded bert-base-uncased or ViT folder by renaming keys.
+Written out (rather than taken from transformers) so that the corner mask goes straight into
+attention with nothing in between that could broadcast or drop it, and so the whole model reads
+in one sitting. The mask is either a dense [B, L, L] boolean (PyTorch's SDPA) or a FlexAttention
+`BlockMask` (see `model.corner_block_mask`). Parameter layouts match BERT and ViT one to one, so
+`weights.py` loads a bert-base-uncased, a transformers ViT or a timm ViT by renaming keys.
 """
 
 from __future__ import annotations
@@ -11,6 +12,21 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention.flex_attention import BlockMask, flex_attention
+
+_compiled_flex = None
+
+
+def _flex(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: BlockMask) -> torch.Tensor:
+    """FlexAttention: compiled on CUDA (the fused kernel is the point of it); eager elsewhere,
+    where it is an unfused reference that materialises the scores (used to check equality on
+    CPU: compiling it there takes ~30 s on a 2-core machine)."""
+    global _compiled_flex
+    if q.device.type != "cuda":
+        return flex_attention(q, k, v, block_mask=mask)
+    if _compiled_flex is None:
+        _compiled_flex = torch.compile(flex_attention, dynamic=False)
+    return _compiled_flex(q, k, v, block_mask=mask)
 
 
 class Attention(nn.Module):
@@ -23,17 +39,20 @@ class Attention(nn.Module):
         self.heads = heads
         self.q, self.k, self.v, self.o = (nn.Linear(width, width) for _ in range(4))
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, mask: torch.Tensor | BlockMask | None = None
+    ) -> torch.Tensor:
         b, n, d = x.shape
 
         def split(t: torch.Tensor) -> torch.Tensor:
             return t.view(b, n, self.heads, d // self.heads).transpose(1, 2)
 
-        # mask [B, L, L] -> [B, 1, L, L]: the same rule for every head; True = may attend.
-        m = None if mask is None else mask[:, None]
-        out = F.scaled_dot_product_attention(
-            split(self.q(x)), split(self.k(x)), split(self.v(x)), m
-        )
+        q, k, v = split(self.q(x)), split(self.k(x)), split(self.v(x))
+        if isinstance(mask, BlockMask):
+            out = _flex(q, k, v, mask)
+        else:
+            # mask [B, L, L] -> [B, 1, L, L]: the same rule for every head; True = may attend.
+            out = F.scaled_dot_product_attention(q, k, v, None if mask is None else mask[:, None])
         return self.o(out.transpose(1, 2).reshape(b, n, d))
 
 
@@ -47,7 +66,7 @@ class BertLayer(nn.Module):
         self.fc1, self.fc2 = nn.Linear(width, mlp), nn.Linear(mlp, width)
         self.ln2 = nn.LayerNorm(width, eps=eps)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | BlockMask) -> torch.Tensor:
         x = self.ln1(x + self.attn(x, mask))
         return self.ln2(x + self.fc2(F.gelu(self.fc1(x))))
 
@@ -88,8 +107,8 @@ class TextEncoder(nn.Module):
         pos = torch.arange(ids.shape[1], device=ids.device)
         return self.emb_ln(x + self.pos_emb(pos)[None] + self.type_emb.weight[0])
 
-    def forward(self, ids: torch.Tensor, attn_mask: torch.Tensor) -> torch.Tensor:
-        """Hidden states [B, L, D] for ids [B, L] under a boolean [B, L, L] mask."""
+    def forward(self, ids: torch.Tensor, attn_mask: torch.Tensor | BlockMask) -> torch.Tensor:
+        """Hidden states [B, L, D] for ids [B, L] under a boolean [B, L, L] mask or a BlockMask."""
         if ids.shape[1] > self.pos_emb.num_embeddings:
             raise ValueError(
                 f"context length {ids.shape[1]} exceeds the text tower's "
@@ -106,7 +125,7 @@ class TextEncoder(nn.Module):
 
 
 class VitLayer(nn.Module):
-    """Pre-norm transformer layer, as in ViT."""
+    """Pre-norm transformer layer, as in ViT (timm's `Block` without LayerScale or qk-norm)."""
 
     def __init__(self, width: int, heads: int, mlp: int, eps: float) -> None:
         super().__init__()
@@ -121,7 +140,14 @@ class VitLayer(nn.Module):
 
 
 class ImageEncoder(nn.Module):
-    """ViT: patch embedding, [CLS] token, learned positions; the output is the normed [CLS]."""
+    """ViT: patch embedding, [CLS] token, learned positions; the output is the normed [CLS].
+
+    This is timm's `VisionTransformer` with class token, no pre-norm, no fc_norm and
+    `global_pool='token'` (vit_base_patch16_224.augreg_in21k): `forward` equals timm's
+    `forward_head(forward_features(x), pre_logits=True)`, i.e. `forward_features(x)[:, 0]`,
+    which is what LoTLIP's `TimmModel` returns with `timm_pool: token`, `timm_proj: none`
+    (docs/MODEL.md). timm's LayerNorm eps is 1e-6; transformers' ViTConfig default is 1e-12.
+    """
 
     def __init__(
         self,
@@ -131,7 +157,7 @@ class ImageEncoder(nn.Module):
         layers: int,
         heads: int,
         mlp: int,
-        eps: float = 1e-12,
+        eps: float = 1e-6,
     ) -> None:
         super().__init__()
         if image_size % patch_size:

@@ -6,7 +6,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from train_hooks.model import LoTLIP, build_model, corner_attention_mask, preset
+from train_hooks.model import (
+    LoTLIP,
+    ModelConfig,
+    build_model,
+    corner_attention_mask,
+    corner_block_mask,
+    preset,
+)
 from train_hooks.tokenizer import CornerTokenizer
 
 
@@ -164,3 +171,101 @@ def test_load_transformers_bert_and_vit(tmp_path):
 def test_bad_weight_folder(tmp_path):
     with pytest.raises(FileNotFoundError, match="config.json"):
         build_model(preset("tiny", text_weights=str(tmp_path)))
+
+
+def test_lit_freezes_the_whole_trunk_and_drops_the_projection():
+    torch.manual_seed(0)
+    model = LoTLIP(preset("tiny", num_corner=2, lock_image=True))
+    assert model.cfg.resolved_image_proj() == "none" and model.image_proj is None
+    assert not any(k.startswith("image_proj") for k in model.state_dict())
+    assert all(not p.requires_grad for p in model.vision.parameters())
+    assert all(p.requires_grad for n, p in model.named_parameters() if not n.startswith("vision."))
+    model.train()  # the trainer calls this every step: the locked trunk stays in eval mode
+    assert model.training and model.text.training and not model.vision.training
+    assert not any(m.training for m in model.vision.modules())
+    tok = CornerTokenizer(None, 2, 32)
+    ids, pad = tok([["a red circle."], ["two blue squares."]])
+    img, txt, scale = model(torch.randn(2, 3, 32, 32), ids, pad, ids, pad)
+    assert img.grad_fn is None  # computed under no_grad: nothing kept for backward
+    (txt.sum() + (img[:, None] * txt.mean(0)[:, None]).sum() * scale).backward()
+    assert all(p.grad is None for p in model.vision.parameters())
+    assert model.text.corner_emb.grad is not None and model.logit_scale.grad is not None
+    model.eval().train(False)
+    assert not model.vision.training
+
+
+def test_lit_with_linear_projection_and_auto():
+    lin = LoTLIP(preset("tiny", lock_image=True, image_proj="linear"))
+    assert lin.image_proj is not None and lin.image_proj.weight.requires_grad
+    z = lin.encode_image(torch.randn(2, 3, 32, 32))
+    assert z.requires_grad and z.shape == (2, 64)
+    # auto: a projection whenever the trunk trains or the widths differ.
+    assert preset("tiny").resolved_image_proj() == "linear"
+    assert preset("tiny", lock_image=True, embed_dim=32).resolved_image_proj() == "linear"
+    with pytest.raises(ValueError, match="image_proj 'none' needs vision_width"):
+        preset("tiny", image_proj="none", embed_dim=32).resolved_image_proj()
+    with pytest.raises(ValueError, match="image_proj 'mlp'"):
+        preset("tiny", image_proj="mlp")
+
+
+def test_base_preset_is_lotlips_config():
+    """lotlip_bert-ViT-B-16.json: embed_dim 768, timm_proj none (frozen trunk, LiT)."""
+    cfg = preset("base")
+    assert cfg.embed_dim == 768 and cfg.lock_image and cfg.resolved_image_proj() == "none"
+    assert (cfg.text_eps, cfg.vision_eps) == (1e-12, 1e-6)
+    assert preset("base", lock_image=False).resolved_image_proj() == "linear"
+
+
+def test_eps_per_tower_and_old_config_dicts():
+    model = LoTLIP(preset("tiny", text_eps=1e-12, vision_eps=1e-6))
+    assert model.text.emb_ln.eps == 1e-12 and model.text.layers[1].ln2.eps == 1e-12
+    assert model.vision.ln_final.eps == 1e-6 and model.vision.layers[0].ln1.eps == 1e-6
+    # A model_config saved before this change: one `eps` for both towers, no LiT fields, and
+    # always an image projection. It loads, and the old state dict fits.
+    old = preset("tiny").to_dict()
+    for k in ("text_eps", "vision_eps", "lock_image", "image_proj", "text_attention"):
+        del old[k]
+    old["eps"] = 1e-12
+    cfg = ModelConfig.from_dict(old)
+    assert (cfg.text_eps, cfg.vision_eps, cfg.image_proj) == (1e-12, 1e-12, "linear")
+    state = LoTLIP(preset("tiny", vision_eps=1e-12)).state_dict()
+    LoTLIP(cfg).load_state_dict(state)
+    assert ModelConfig.from_dict(preset("base").to_dict()) == preset("base")
+
+
+@pytest.mark.parametrize("k", [0, 2])
+def test_flex_block_mask_is_the_dense_rule(k):
+    from torch.nn.attention.flex_attention import create_mask
+
+    pad = torch.tensor([[i < n for i in range(k + 9)] for n in (k + 9, k + 4, k + 1)])
+    bm = corner_block_mask(k, pad)
+    dense = create_mask(bm.mask_mod, 3, 1, k + 9, k + 9)[:, 0]
+    assert torch.equal(dense, corner_attention_mask(k, pad))
+
+
+@pytest.mark.parametrize("k", [0, 2])
+def test_flex_attention_equals_dense(k):
+    """The text tower under the block mask (FlexAttention, eager on CPU) gives the dense path's
+    hidden states on every real token. Gradients cannot be compared here: torch 2.13 has no
+    FlexAttention backward on CPU, which is also why `text_attention="flex"` runs the dense
+    path off CUDA."""
+    model = _tiny(k)
+    tok = CornerTokenizer(None, k, 40)
+    ids, pad = tok([["one."], ["a longer text with some words.", "and a second one here."]])
+    with torch.no_grad():
+        dense = model.text(ids, corner_attention_mask(k, pad))
+        flex = model.text(ids, corner_block_mask(k, pad))
+    assert torch.allclose(dense[pad], flex[pad], atol=1e-5)
+    with pytest.raises(NotImplementedError, match="backward on CPU"):
+        model.text(ids, corner_block_mask(k, pad))
+    # Selected by the config: on CPU it falls back to the dense path, gradients and all.
+    fb = LoTLIP(preset("tiny", num_corner=k, text_attention="flex"))
+    fb.load_state_dict(model.state_dict())
+    z = fb.encode_text(ids, pad, with_corners=True)
+    assert torch.allclose(z, model.encode_text(ids, pad, with_corners=True), atol=1e-6)
+    z.sum().backward()
+
+
+def test_lit_without_pretrained_trunk_warns():
+    with pytest.warns(UserWarning, match="frozen at its random initialisation"):
+        build_model(preset("tiny", lock_image=True))
