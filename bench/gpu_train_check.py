@@ -35,7 +35,9 @@ def main() -> int:
     results = []
     for k in args.corner_tokens:
         torch.manual_seed(0)
-        model = LoTLIP(preset("base", num_corner=k)).to(dev)
+        # LiT through the model config (issue 8): the forward no longer takes lock_image.
+        lit = {"lock_image": True} if args.lock_image else {}
+        model = LoTLIP(preset("base", num_corner=k, **lit)).to(dev)
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
         bs, n = args.batch_size, args.context_length
         ids = torch.randint(1000, 30000, (bs, n), device=dev)
@@ -51,8 +53,8 @@ def main() -> int:
             torch.cuda.synchronize()
             t0 = time.perf_counter()
             with torch.autocast("cuda", dtype=torch.bfloat16):
-                img, txt, scale = model(px, short, short_mask, ids, mask, args.lock_image)
-            loss, _ = lotlip_loss(img, txt, scale)
+                out = model(px, short, short_mask, ids, mask)
+            loss, _ = lotlip_loss(out["image_features"], out["text_features"], out["logit_scale"])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
