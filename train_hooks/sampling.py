@@ -19,8 +19,8 @@ A window of m consecutive sub-captions therefore contributes m pieces.
     there are enough and `random.choices` otherwise. Its start range is `range(n - m + 1)`; the
     flag `dreamlip_off_by_one` restores DreamLIP's `range(n - 1)` (m = 1) / `range(n - m - 1)`
     (m > 1), under which the last sub-caption is never drawn.
-  - `k`: k disjoint windows per text; a caption with fewer than k windows gives fewer pieces
-    (never a repeated sentence).
+  - `k`: k disjoint windows per text, drawn so that a window never blocks the others; a caption
+    that cannot hold k windows gives fewer pieces (never a repeated sentence).
   With T > 1 texts (fill, k), a text never repeats a sub-caption, and sub-captions no earlier text
   of the sample used are drawn first; only when those run out (fill) are used ones drawn again.
 - `short_texts(caption, short_captions, n, rng)`: the raw caption plus n MLLM short captions.
@@ -154,35 +154,66 @@ def _overlaps(w: _Window, taken: set[tuple[int, int]]) -> bool:
     return any((w.cap, i) in taken for i in range(w.start, w.stop))
 
 
-def _draw(
-    rng: random.Random,
-    windows: list[_Window],
-    used: set[tuple[int, int]],
-    limit: int | None,
-    budget: int | None,
+def _cells(w: _Window) -> set[tuple[int, int]]:
+    return {(w.cap, i) for i in range(w.start, w.stop)}
+
+
+def _fill(
+    rng: random.Random, windows: list[_Window], used: set[tuple[int, int]], budget: int
 ) -> list[_Window]:
-    """Disjoint windows in random order, fresh ones (no sub-caption in `used`) first, until
-    `limit` windows or the `budget` is reached; returned in caption order."""
+    """Disjoint windows in random order, fresh ones (no sub-caption in `used`) first, each
+    taken when it fits the room left, until none fits; returned in caption order."""
     order = list(windows)
     rng.shuffle(order)
-    # Stable sort on freshness keeps the random order inside each group.
+    # A stable sort on staleness keeps the random order inside each group.
     order.sort(key=lambda w: _overlaps(w, used))
     taken: set[tuple[int, int]] = set()
     chosen: list[_Window] = []
     left = budget
     for w in order:
-        if limit is not None and len(chosen) >= limit:
-            break
-        if _overlaps(w, taken) or (left is not None and w.cost > left):
-            continue
-        chosen.append(w)
-        taken.update((w.cap, i) for i in range(w.start, w.stop))
-        if left is not None:
+        if w.cost <= left and not _overlaps(w, taken):
+            chosen.append(w)
+            taken |= _cells(w)
             left -= w.cost
-    if not chosen and budget is not None and order:
+    if not chosen and order:
         # Not even one window fits: one sub-caption (the tokenizer cuts it), not an empty text.
         w = order[0]
         chosen = [_Window(w.cap, w.start, w.start + 1, 0)]
+    return sorted(chosen, key=lambda w: (w.cap, w.start))
+
+
+def _capacity(windows: list[_Window], taken: set[tuple[int, int]]) -> int:
+    """Most disjoint windows that still fit beside `taken` (leftmost-first is optimal for
+    windows of equal length within a caption)."""
+    busy = set(taken)
+    n = 0
+    for w in sorted(windows, key=lambda w: (w.cap, w.start)):
+        if not _overlaps(w, busy):
+            busy |= _cells(w)
+            n += 1
+    return n
+
+
+def _k_windows(
+    rng: random.Random, windows: list[_Window], used: set[tuple[int, int]], k: int
+) -> list[_Window]:
+    """min(k, as many as fit) disjoint windows, in caption order. Each is drawn uniformly among
+    the windows that keep the count reachable (so a middle window never blocks the draw), fresh
+    ones (no sub-caption in `used`) first."""
+    target = min(k, _capacity(windows, set()))
+    taken: set[tuple[int, int]] = set()
+    chosen: list[_Window] = []
+    while len(chosen) < target:
+        need = target - len(chosen) - 1
+        ok = [
+            w
+            for w in windows
+            if not _overlaps(w, taken) and _capacity(windows, taken | _cells(w)) >= need
+        ]
+        fresh = [w for w in ok if not _overlaps(w, used)]
+        w = rng.choice(fresh or ok)
+        chosen.append(w)
+        taken |= _cells(w)
     return sorted(chosen, key=lambda w: (w.cap, w.start))
 
 
@@ -226,8 +257,6 @@ def training_texts(
             return _dreamlip_texts(subs[rng.randrange(len(subs))], spec, rng)
         return _dreamlip_texts([s for sc in subs for s in sc], spec, rng)
 
-    limit = spec.k if spec.mode == K_WINDOWS else None
-    budget = spec.budget if spec.mode == FILL else None
     if spec.source == ONE_MODEL:
         # A different caption for each text while there are enough, then around again.
         order: list[int] = []
@@ -240,26 +269,13 @@ def training_texts(
     texts = []
     for owned in per_text:
         windows = _windows(subs, toks, owned, spec.m)
-        chosen = _draw(rng, windows, used, limit, budget)
-        if limit is not None:
-            # A random greedy draw of windows of m > 1 can block itself (a middle window leaves
-            # two halves too short); draw again, a bounded number of times, until it has as
-            # many windows as the captions can hold.
-            can = min(limit, sum(max(1, len(subs[ci]) // spec.m) for ci in owned))
-            for _ in range(16):
-                if len(chosen) >= can:
-                    break
-                again = _draw(rng, windows, used, limit, budget)
-                chosen = again if len(again) > len(chosen) else chosen
+        if spec.mode == FILL:
+            chosen = _fill(rng, windows, used, spec.budget or 0)
+        else:
+            chosen = _k_windows(rng, windows, used, spec.k)
         used.update((w.cap, i) for w in chosen for i in range(w.start, w.stop))
         texts.append([subs[w.cap][i] for w in chosen for i in range(w.start, w.stop)])
     return texts
-
-
-def text_tokens(pieces: Sequence[str], counts: Sequence[int], num_corner: int) -> int:
-    """Tokens a text of pieces takes in the context: [CLS], the corners, each piece and its
-    [SEP] (used by the benchmark and tests to check that fill texts fit)."""
-    return 1 + num_corner + sum(counts) + len(pieces)
 
 
 def short_texts(

@@ -189,6 +189,16 @@ def test_k_windows_are_m_pieces_each(m):
     assert covered == set(range(6))
 
 
+def test_k_reaches_k_whenever_the_caption_can_hold_it():
+    subs = [f"s{i}." for i in range(7)]  # seven: two windows of three fit, one sub left over
+    starts = Counter()
+    for seed in range(200):
+        (text,) = training_texts(caps(subs), TextSpec(mode=K_WINDOWS, k=2, m=3), seed)
+        assert len(text) == 6
+        starts[(subs.index(text[0]), subs.index(text[3]))] += 1
+    assert set(starts) == {(0, 3), (0, 4), (1, 4)}  # every placement of two windows
+
+
 def test_k_across_models():
     pieces = training_texts(
         caps(["a0.", "a1.", "a2."], ["b0.", "b1."]),
