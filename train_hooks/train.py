@@ -213,6 +213,13 @@ def setup(cfg: TrainConfig) -> Run:
     """Process group, seeds, tokenizer, model (DDP-wrapped), optimizer, schedule, objective."""
     from torch.nn.parallel import DistributedDataParallel as DDP
 
+    terms = 1 + cfg.mllm_short_texts + cfg.long_texts * (1 + cfg.corner_tokens)
+    if cfg.loss_weights is not None and len(cfg.loss_weights) != terms:
+        raise ValueError(
+            f"--loss-weights has {len(cfg.loss_weights)} values; this run has {terms} text "
+            f"embeddings per image ({1 + cfg.mllm_short_texts} short [CLS], then "
+            f"{cfg.long_texts} long text(s) x ([CLS] + {cfg.corner_tokens} corners))"
+        )
     rank, world, local_rank = _dist()
     device = _device(cfg.device, local_rank)
     torch.manual_seed(cfg.seed)

@@ -146,6 +146,8 @@ def test_cli_rejects_flags_of_another_mode(shards_dir, tmp_path):
         run_cli([*base, "--subcaptions", "3"])
     with pytest.raises(SystemExit, match="needs --text-mode dreamlip"):
         run_cli([*base, "--dreamlip-off-by-one"])
+    with pytest.raises(ValueError, match=r"has 4 values; this run has 7 text embeddings"):
+        run_cli([*base, "--long-texts", "2", "--loss-weights", "1,1,1,1"])
 
 
 def test_ddp_two_processes_on_gloo(shards_dir, tmp_path):
