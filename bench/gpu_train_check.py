@@ -106,9 +106,10 @@ def profiled_kernels(fn, dev) -> list[str]:
 def run_variant(args, k: int, attention: str, dev, dtype) -> dict:
     import torch
 
-    from train_hooks.loss import lotlip_loss
+    from train_hooks.loss import LoTLIPLoss
     from train_hooks.model import LoTLIP, preset
 
+    objective = LoTLIPLoss()
     torch.manual_seed(0)
     lock = args.image_tower == "locked"
     cfg = preset(args.preset, num_corner=k, text_attention=attention, lock_image=lock)
@@ -130,8 +131,8 @@ def run_variant(args, k: int, attention: str, dev, dtype) -> dict:
 
     def step() -> float:
         with amp:
-            img, txt, scale = model(px, short, short_mask, ids, mask)
-        loss, _ = lotlip_loss(img, txt, scale)
+            out = model(px, short, short_mask, ids, mask)
+        loss = objective(**out)["loss"]
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -18,14 +18,26 @@ def _floats(text: str) -> list[float]:
 def _cmd_train(args: argparse.Namespace) -> int:
     from train_hooks.train import TrainConfig, train
 
+    if args.subcaptions is not None and args.text_mode != "k":
+        raise SystemExit(
+            f"longcap train: --subcaptions applies to --text-mode k; --text-mode "
+            f"{args.text_mode} decides how many sub-captions a text holds (drop --subcaptions "
+            "or add --text-mode k)"
+        )
+    if args.dreamlip_off_by_one and args.text_mode != "dreamlip":
+        raise SystemExit("longcap train: --dreamlip-off-by-one needs --text-mode dreamlip")
     cfg = TrainConfig(
         shards=args.shards,
         out=args.out,
         preset=args.preset,
         corner_tokens=args.corner_tokens,
-        subcaptions=args.subcaptions,
+        text_mode=args.text_mode,
+        subcaptions=args.subcaptions if args.subcaptions is not None else 4,
         window=args.window,
         mode=args.mode,
+        long_texts=args.long_texts,
+        mllm_short_texts=args.mllm_short_texts,
+        dreamlip_off_by_one=args.dreamlip_off_by_one,
         models=args.models.split(",") if args.models else None,
         context_length=args.context_length,
         steps=args.steps,
@@ -44,9 +56,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
         save_every=args.save_every,
         progress=not args.no_progress,
     )
+    texts = {
+        "fill": "texts filling the context",
+        "dreamlip": f"DreamLIP texts of {cfg.window} sub-captions",
+        "k": f"k={cfg.subcaptions} windows of {cfg.window}",
+    }[cfg.text_mode]
     print(
         f"longcap train: {args.shards} -> {args.out} (preset {args.preset}, "
-        f"K={args.corner_tokens} corner tokens, k={args.subcaptions} sub-captions, "
+        f"K={args.corner_tokens} corner tokens, {cfg.long_texts} long text(s): {texts}, "
         f"context {args.context_length}, {args.steps} steps x batch {args.batch_size})"
     )
     res = train(cfg, resume=args.resume)
@@ -139,9 +156,40 @@ def add_train_commands(sub) -> None:
     p.add_argument("--out", required=True, help="run folder: config, log.jsonl, checkpoints/")
     p.add_argument("--preset", default="tiny", choices=["tiny", "base"])
     p.add_argument("--corner-tokens", type=int, default=2, help="K corner tokens")
-    p.add_argument("--subcaptions", type=int, default=4, help="k sub-captions per long text")
-    p.add_argument("--window", type=int, default=1, help="m consecutive sub-captions per piece")
-    p.add_argument("--mode", default="one_model", choices=["one_model", "across_models"])
+    p.add_argument(
+        "--text-mode",
+        default="fill",
+        choices=["fill", "dreamlip", "k"],
+        help="long texts: fill the context (default), DreamLIP's loader, or k windows",
+    )
+    p.add_argument(
+        "--subcaptions", type=int, default=None, help="k windows per long text (--text-mode k; 4)"
+    )
+    p.add_argument("--window", type=int, default=1, help="m consecutive sub-captions per window")
+    p.add_argument(
+        "--mode",
+        default="one_model",
+        choices=["one_model", "across_models"],
+        help="windows from one model's caption per text, or from every model's",
+    )
+    p.add_argument(
+        "--long-texts",
+        type=int,
+        default=1,
+        help="T long texts per image, each [CLS] + K corners in the loss (dreamlip: num_text)",
+    )
+    p.add_argument(
+        "--mllm-short-texts",
+        type=int,
+        default=0,
+        metavar="N",
+        help="N extra short texts per image from the MLLMs' short captions",
+    )
+    p.add_argument(
+        "--dreamlip-off-by-one",
+        action="store_true",
+        help="dreamlip mode: DreamLIP's start range, which never reaches the last sub-caption",
+    )
     p.add_argument("--models", help="only these models' long captions, comma-separated")
     p.add_argument("--context-length", type=int, default=192)
     p.add_argument("--steps", type=int, default=1000)
@@ -149,7 +197,12 @@ def add_train_commands(sub) -> None:
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--weight-decay", type=float, default=0.1)
     p.add_argument("--warmup", type=int, default=None, help="steps (default 10%%)")
-    p.add_argument("--lock-image", action="store_true", help="freeze the image tower (LiT)")
+    p.add_argument(
+        "--lock-image",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="freeze the image trunk (LiT); default: the preset's choice",
+    )
     p.add_argument("--loss-weights", type=_floats, default=None, help="e.g. 1,1,1,1")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers")

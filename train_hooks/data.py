@@ -11,8 +11,12 @@ DataLoader with batch_size=None hands out whole batches, worker by worker in tur
 Resume: the only data position is the number of batches each rank has consumed, p. Worker w of W
 gives batches w, w + W, ... of the round-robin; after a restart, physical worker i plays the
 logical worker (i + p) % W and skips the batches that logical worker already gave. Skipped
-records are never decoded: image decoding, sub-caption sampling (seeded per sample by
+records are never decoded: image decoding, text construction (seeded per sample by
 (seed, epoch, key)) and tokenizing happen only for batches that are kept.
+
+A batch holds `pixels` [B, 3, S, S], `short_ids`/`short_mask` [1 + n, B, L] (the raw caption,
+then n MLLM short captions) and `long_ids`/`long_mask` [T, B, L] (T long texts built by
+train_hooks/sampling.training_texts).
 """
 
 from __future__ import annotations
@@ -31,7 +35,14 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from train_hooks.sampling import ONE_MODEL, sample_long_text, sample_seed
+from train_hooks.sampling import (
+    FILL,
+    ONE_MODEL,
+    TextSpec,
+    sample_seed,
+    short_texts,
+    training_texts,
+)
 from train_hooks.tokenizer import CornerTokenizer
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
@@ -97,6 +108,7 @@ def _record(meta: dict[str, Any], image: bytes | None, label_field: str | None) 
         "key": str(meta["key"]),
         "caption": meta.get("caption") or "",
         "long_captions": meta.get("long_captions") or [],
+        "short_captions": meta.get("short_captions") or [],
         "image": image,
         "label": meta.get(label_field) if label_field else None,
     }
@@ -141,6 +153,8 @@ def read_parquet(path: Path, label_field: str | None = None) -> Iterator[dict[st
     if "image" not in names:
         raise ValueError(f"{path}: no image column (built with --no-parquet-images); read the tar")
     cols = ["key", "status", "caption", "long_captions", "image"]
+    if "short_captions" in names:
+        cols.append("short_captions")
     if label_field and label_field in names and label_field not in cols:
         cols.append(label_field)
     for batch in pf.iter_batches(batch_size=256, columns=cols):
@@ -184,10 +198,14 @@ class StreamConfig:
     """What a training batch holds and how the stream is ordered."""
 
     batch_size: int = 32
-    subcaptions: int = 4  # k
-    window: int = 1  # m consecutive sub-captions per piece
-    mode: str = ONE_MODEL
+    text_mode: str = FILL  # fill | dreamlip | k (train_hooks/sampling.py)
+    subcaptions: int = 4  # k (k mode)
+    window: int = 1  # m consecutive sub-captions per window
+    mode: str = ONE_MODEL  # one_model | across_models
     models: tuple[str, ...] | None = None
+    long_texts: int = 1  # T
+    mllm_short_texts: int = 0  # n extra short texts from the MLLMs' short captions
+    dreamlip_off_by_one: bool = False
     image_size: int = 224
     image_mean: tuple[float, ...] = (0.5, 0.5, 0.5)
     image_std: tuple[float, ...] = (0.5, 0.5, 0.5)
@@ -212,6 +230,16 @@ class ShardStream(IterableDataset):
         if not self.shards:
             raise ValueError("the shards hold no ok samples to train on")
         self.tok, self.cfg = tokenizer, cfg
+        self.spec = TextSpec(
+            mode=cfg.text_mode,
+            k=cfg.subcaptions,
+            m=cfg.window,
+            source=cfg.mode,
+            texts=cfg.long_texts,
+            budget=tokenizer.budget,
+            models=cfg.models,
+            dreamlip_off_by_one=cfg.dreamlip_off_by_one,
+        )
         self.rank, self.world, self.start_batch = rank, world, start_batch
 
     def _records(self, slot: int, slots: int) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -243,25 +271,34 @@ class ShardStream(IterableDataset):
             buf[j], item = item, buf[j]
             yield item
 
-    def prepare(self, epoch: int, rec: dict[str, Any]) -> tuple[torch.Tensor, str, list[str]]:
-        """(pixels, short caption, long-text pieces) of one record."""
+    def prepare(
+        self, epoch: int, rec: dict[str, Any]
+    ) -> tuple[torch.Tensor, list[str], list[list[str]]]:
+        """(pixels, 1 + n short texts, T long texts as lists of pieces) of one record."""
         c = self.cfg
         rng = random.Random(sample_seed(c.seed, epoch, rec["key"]))
-        pieces = sample_long_text(
-            rec["long_captions"], c.subcaptions, c.window, c.mode, rng, c.models
+        longs = training_texts(rec["long_captions"], self.spec, rng, self.tok.count)
+        # No long caption: the sample still trains, each long text being its short caption.
+        longs = longs or [[rec["caption"]]] * self.spec.texts
+        shorts = short_texts(
+            rec["caption"], rec.get("short_captions"), c.mllm_short_texts, rng, c.models
         )
-        # No long caption: the sample still trains, its long text being its short caption.
-        pieces = pieces or [rec["caption"]]
         return (
             image_to_tensor(rec["image"], c.image_size, c.image_mean, c.image_std),
-            rec["caption"],
-            pieces,
+            shorts,
+            longs,
         )
+
+    def _stack(self, texts_per_sample: list[list[Any]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """[N, B, L] ids and mask from N texts per sample (text-major, as the model reads)."""
+        n, b = len(texts_per_sample[0]), len(texts_per_sample)
+        ids, mask = self.tok([texts_per_sample[i][t] for t in range(n) for i in range(b)])
+        return ids.view(n, b, -1), mask.view(n, b, -1)
 
     def collate(self, items: list[tuple[int, dict[str, Any]]]) -> dict[str, Any]:
         prepared = [self.prepare(e, r) for e, r in items]
-        short_ids, short_mask = self.tok([[p[1]] for p in prepared])
-        long_ids, long_mask = self.tok([p[2] for p in prepared])
+        short_ids, short_mask = self._stack([[[s] for s in p[1]] for p in prepared])
+        long_ids, long_mask = self._stack([p[2] for p in prepared])
         return {
             "pixels": torch.stack([p[0] for p in prepared]),
             "short_ids": short_ids,

@@ -30,7 +30,6 @@ def run_demo_training(
         out=str(out_dir),
         preset="tiny",
         corner_tokens=2,
-        subcaptions=3,
         context_length=128,
         steps=steps,
         batch_size=32,

@@ -293,19 +293,31 @@ class LoTLIP(nn.Module):
         short_mask: torch.Tensor,
         long_ids: torch.Tensor,
         long_mask: torch.Tensor,
-        lock_image: bool = False,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(image [B, D], texts [T, B, D] with T = 1 + (K+1): short [CLS], long [CLS], corners;
-        logit scale)."""
-        if lock_image:
-            with torch.no_grad():
-                feats = self.vision(pixels)
-            img = F.normalize(self.image_proj(feats), dim=-1)
-        else:
-            img = self.encode_image(pixels)
-        short = self.encode_text(short_ids, short_mask)
-        long = self.encode_text(long_ids, long_mask, with_corners=True)
-        return img, torch.cat([short[None], long], dim=0), self.scale()
+    ) -> dict[str, torch.Tensor]:
+        """Features for the objective (train_hooks/loss.py), as open_clip's models return them.
+
+        short_* are [S, B, L] (or [B, L] for S = 1): S short texts per image, each read from its
+        [CLS]. long_* are [T, B, L] (or [B, L]): T long texts, each read from [CLS] and its K
+        corners, as LoTLIP's encode_text does for its multi-text input. Returns
+        {"image_features": [B, D], "text_features": [S + T(1 + K), B, D] (short [CLS]s, then per
+        long text its [CLS] and corners), "logit_scale": scalar}; all features normalised.
+        """
+        if short_ids.dim() == 2:
+            short_ids, short_mask = short_ids[None], short_mask[None]
+        if long_ids.dim() == 2:
+            long_ids, long_mask = long_ids[None], long_mask[None]
+        s, b = short_ids.shape[:2]
+        t = long_ids.shape[0]
+        img = self.encode_image(pixels)
+        short = self.encode_text(short_ids.flatten(0, 1), short_mask.flatten(0, 1))
+        long = self.encode_text(long_ids.flatten(0, 1), long_mask.flatten(0, 1), with_corners=True)
+        # [1 + K, T * B, D] -> [T * (1 + K), B, D]: each long text's [CLS] then its corners.
+        long = long.unflatten(1, (t, b)).transpose(0, 1).flatten(0, 1)
+        return {
+            "image_features": img,
+            "text_features": torch.cat([short.view(s, b, -1), long], dim=0),
+            "logit_scale": self.scale(),
+        }
 
 
 def build_model(cfg: ModelConfig) -> LoTLIP:

@@ -2,8 +2,12 @@
 
 A text is a list of pieces (sub-captions, or one short caption) and becomes
 `[CLS] [Corner0] ... [Corner{K-1}] piece1 [SEP] piece2 [SEP] ... [PAD] ...`, cut to the context
-length (a cut text still ends with [SEP]). Corner ids come after the vocab (30,522 + j for BERT
-uncased), so a pretrained embedding table keeps its rows and the K new rows live in the model.
+length (a cut text still ends with [SEP]). This is what LoTLIP's HFTokenizer makes of a text whose
+sub-captions are joined by '. ' (it splits on '. ' and joins with [SEP]; see
+docs/TRAINING_TEXTS.md). `budget` is the room left for pieces and their [SEP]s, which
+train_hooks/sampling.py fills without overflowing it. Corner ids come after the vocab
+(30,522 + j for BERT uncased), so a pretrained embedding table keeps its rows and the K new rows
+live in the model.
 Every text carries the corners, short captions included, so text positions are the same in
 training and at inference (where a text is read from its [CLS]).
 """
@@ -61,6 +65,18 @@ class CornerTokenizer:
             raise ValueError(f"{self.vocab_path}: vocab lacks {missing}; not a BERT vocab")
         self.pad_id, self.cls_id, self.sep_id = ids["[PAD]"], ids["[CLS]"], ids["[SEP]"]
         self.corner_ids = [self.vocab_size + j for j in range(num_corner)]
+
+    @property
+    def budget(self) -> int:
+        """Tokens left for pieces and their [SEP]s: context length - [CLS] - K corners."""
+        return self.context_length - 1 - self.num_corner
+
+    def count(self, pieces: Sequence[str]) -> list[int]:
+        """WordPiece tokens of each piece, without [SEP] (what shards store as
+        `subcaption_tokens`)."""
+        if not pieces:
+            return []
+        return [len(e.ids) for e in self._tok.encode_batch(list(pieces), add_special_tokens=False)]
 
     def encode_ids(self, texts: Sequence[Sequence[str]]) -> list[list[int]]:
         """Token ids per text, unpadded, each at most context_length long."""

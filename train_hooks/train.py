@@ -1,5 +1,10 @@
 """The training loop: AdamW, warmup + cosine, clipping, bf16 on CUDA, DDP, resumable checkpoints.
 
+`train()` reads in one sitting: `setup` (process group, tokenizer, model, optimizer, objective),
+`resume_run` (checkpoint or a fresh run folder), `make_stream`, then `train_step` and
+`save_checkpoint` in a loop. The objective is a class called as `objective(**model(...))`
+(train_hooks/loss.py), so a new loss or more texts per image never edit the loop.
+
 A run folder holds `config.json`, `log.jsonl` (one line per step: loss, per-text losses, learning
 rate, temperature, samples/s) and `checkpoints/step_NNNNNNN.pt` (model, optimizer, scheduler,
 step, every rank's RNG state and the data position). Resuming loads the latest checkpoint,
@@ -23,9 +28,9 @@ import numpy as np
 import torch
 
 from train_hooks.data import StreamConfig, list_shards, make_loader
-from train_hooks.loss import lotlip_loss
+from train_hooks.loss import LoTLIPLoss
 from train_hooks.model import build_model, preset
-from train_hooks.sampling import ONE_MODEL
+from train_hooks.sampling import FILL, ONE_MODEL
 from train_hooks.tokenizer import CornerTokenizer
 
 
@@ -37,9 +42,13 @@ class TrainConfig:
     out: str
     preset: str = "tiny"
     corner_tokens: int = 2  # K
-    subcaptions: int = 4  # k
+    text_mode: str = FILL  # fill | dreamlip | k (train_hooks/sampling.py)
+    subcaptions: int = 4  # k (k mode only)
     window: int = 1  # m
-    mode: str = ONE_MODEL
+    mode: str = ONE_MODEL  # one_model | across_models
+    long_texts: int = 1  # T long texts per image, each [CLS] + K corners in the loss
+    mllm_short_texts: int = 0  # extra short texts per image from the MLLMs' short captions
+    dreamlip_off_by_one: bool = False  # dreamlip mode: DreamLIP's start range, for comparisons
     models: list[str] | None = None  # only these models' long captions (default: all)
     context_length: int = 192
     steps: int = 100
@@ -48,7 +57,7 @@ class TrainConfig:
     weight_decay: float = 0.1
     warmup: int | None = None  # default: 10% of steps, at most 1000
     grad_clip: float = 1.0
-    lock_image: bool = False
+    lock_image: bool | None = None  # None: the preset's default
     loss_weights: list[float] | None = None
     seed: int = 0
     num_workers: int = 2
@@ -161,87 +170,148 @@ def _trim_log(log: Path, step: int) -> None:
         log.write_text("".join(ln + "\n" for ln in lines))
 
 
-def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
-    """Train; returns {"steps", "loss", "checkpoint", "log", "batch_size", "world", "model"}."""
-    import torch.distributed as dist
+@dataclass
+class Run:
+    """What `setup` builds and the loop uses."""
+
+    cfg: TrainConfig
+    rank: int
+    world: int
+    device: torch.device
+    out: Path
+    log: Path
+    tok: CornerTokenizer
+    model: torch.nn.Module
+    net: torch.nn.Module  # the model, wrapped in DDP under torchrun
+    objective: torch.nn.Module
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LambdaLR
+    batch: int  # per process
+    step: int = 0
+    checkpoint: Path | None = None
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def _batch_size(cfg: TrainConfig, world: int, main: bool) -> int:
+    """The per-process batch, shrunk when the whole dataset is smaller than one global batch."""
+    total = sum(s.count for s in list_shards(cfg.shards))
+    if cfg.batch_size * world <= total:
+        return cfg.batch_size
+    batch = max(1, total // world)
+    if main:
+        print(
+            f"note: {total} samples < batch {cfg.batch_size} x {world} processes; "
+            f"using batch {batch}"
+        )
+    return batch
+
+
+def setup(cfg: TrainConfig) -> Run:
+    """Process group, seeds, tokenizer, model (DDP-wrapped), optimizer, schedule, objective."""
     from torch.nn.parallel import DistributedDataParallel as DDP
 
+    terms = 1 + cfg.mllm_short_texts + cfg.long_texts * (1 + cfg.corner_tokens)
+    if cfg.loss_weights is not None and len(cfg.loss_weights) != terms:
+        raise ValueError(
+            f"--loss-weights has {len(cfg.loss_weights)} values; this run has {terms} text "
+            f"embeddings per image ({1 + cfg.mllm_short_texts} short [CLS], then "
+            f"{cfg.long_texts} long text(s) x ([CLS] + {cfg.corner_tokens} corners))"
+        )
     rank, world, local_rank = _dist()
     device = _device(cfg.device, local_rank)
-    out = Path(cfg.out)
-    main = rank == 0
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
-
     tok = make_tokenizer(cfg)
+    overrides: dict[str, Any] = {}
+    if cfg.lock_image is not None:  # None keeps the preset's own choice
+        overrides["lock_image"] = cfg.lock_image
     mcfg = preset(
         cfg.preset,
         num_corner=cfg.corner_tokens,
         text_weights=cfg.text_weights,
         vision_weights=cfg.vision_weights,
+        **overrides,
     )
     model = build_model(mcfg).to(device)
-    mcfg = model.cfg
-    if tok.vocab_size != mcfg.vocab_size:
+    if tok.vocab_size != model.cfg.vocab_size:
         raise ValueError(
             f"tokenizer {tok.vocab_path} has {tok.vocab_size} tokens, "
-            f"the text tower {mcfg.vocab_size}"
+            f"the text tower {model.cfg.vocab_size}"
         )
-    if cfg.lock_image:
-        # LiT-style: the image tower is frozen (its projection still learns).
-        for p in model.vision.parameters():
-            p.requires_grad_(False)
-        model.vision.eval()
-
-    total = sum(s.count for s in list_shards(cfg.shards))
-    batch = cfg.batch_size
-    if batch * world > total:
-        batch = max(1, total // world)
-        if main:
-            print(
-                f"note: {total} samples < batch {cfg.batch_size} x {world} processes; "
-                f"using batch {batch}"
-            )
-    warmup = cfg.warmup if cfg.warmup is not None else min(1000, max(1, cfg.steps // 10))
     opt = torch.optim.AdamW(
         param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6
     )
+    warmup = cfg.warmup if cfg.warmup is not None else min(1000, max(1, cfg.steps // 10))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(warmup, cfg.steps))
+    net = model
+    if world > 1:
+        net = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+    out = Path(cfg.out)
+    return Run(
+        cfg=cfg,
+        rank=rank,
+        world=world,
+        device=device,
+        out=out,
+        log=out / "log.jsonl",
+        tok=tok,
+        model=model,
+        net=net,
+        objective=LoTLIPLoss(cfg.loss_weights),
+        opt=opt,
+        sched=sched,
+        batch=_batch_size(cfg, world, rank == 0),
+    )
 
-    step = 0
-    log = out / "log.jsonl"
-    ckpt_path = latest_checkpoint(out) if resume else None
-    if resume and ckpt_path is None and main:
+
+def resume_run(run: Run, from_checkpoint: bool) -> None:
+    """Load the run folder's latest checkpoint (model, optimizer, schedule, step, this rank's RNG)
+    when asked and present; otherwise start a fresh log. Writes config.json either way."""
+    cfg, out = run.cfg, run.out
+    path = latest_checkpoint(out) if from_checkpoint else None
+    if from_checkpoint and path is None and run.main:
         print(f"resume: no checkpoint in {checkpoint_dir(out)}; starting from step 0")
-    if ckpt_path is not None:
-        ck = torch.load(ckpt_path, map_location=device, weights_only=False)
+    if path is not None:
+        ck = torch.load(path, map_location=run.device, weights_only=False)
         if ck["model_config"]["num_corner"] != cfg.corner_tokens:
             raise ValueError(
-                f"{ckpt_path}: trained with {ck['model_config']['num_corner']} corner tokens, "
-                f"not {cfg.corner_tokens}"
+                f"{path}: trained with {ck['model_config']['num_corner']} corner tokens, "
+                f"not {cfg.corner_tokens}; resume with --corner-tokens "
+                f"{ck['model_config']['num_corner']} or start a new --out folder"
             )
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optimizer"])
-        sched.load_state_dict(ck["scheduler"])
-        step = ck["step"]
-        _set_rng_state(ck["rng"][rank] if rank < len(ck["rng"]) else ck["rng"][0])
-        if main:
-            print(f"resumed from {ckpt_path} at step {step}")
-            _trim_log(log, step)
-    elif main:
+        run.model.load_state_dict(ck["model"])
+        run.opt.load_state_dict(ck["optimizer"])
+        run.sched.load_state_dict(ck["scheduler"])
+        run.step = ck["step"]
+        run.checkpoint = path
+        _set_rng_state(ck["rng"][run.rank] if run.rank < len(ck["rng"]) else ck["rng"][0])
+        if run.main:
+            print(f"resumed from {path} at step {run.step}")
+            _trim_log(run.log, run.step)
+    elif run.main:
         out.mkdir(parents=True, exist_ok=True)
-        log.write_text("")
-    if main:
+        run.log.write_text("")
+    if run.main:
         (out / "config.json").write_text(
-            json.dumps({"train": asdict(cfg), "model": mcfg.to_dict()}, indent=1)
+            json.dumps({"train": asdict(cfg), "model": run.model.cfg.to_dict()}, indent=1)
         )
 
-    scfg = StreamConfig(
+
+def stream_config(cfg: TrainConfig, batch: int, mcfg) -> StreamConfig:
+    """The data stream's settings from the run's: texts, image preprocessing, order."""
+    return StreamConfig(
         batch_size=batch,
+        text_mode=cfg.text_mode,
         subcaptions=cfg.subcaptions,
         window=cfg.window,
         mode=cfg.mode,
+        long_texts=cfg.long_texts,
+        mllm_short_texts=cfg.mllm_short_texts,
+        dreamlip_off_by_one=cfg.dreamlip_off_by_one,
         image_size=mcfg.image_size,
         image_mean=mcfg.image_mean,
         image_std=mcfg.image_std,
@@ -250,123 +320,153 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
         fmt=cfg.shard_format,
         models=tuple(cfg.models) if cfg.models else None,
     )
-    loader = make_loader(cfg.shards, tok, scfg, cfg.num_workers, rank, world, start_batch=step)
-    net = (
-        DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
-        if world > 1
-        else model
+
+
+def make_stream(run: Run):
+    """The DataLoader of this rank, continuing after the batches already trained on."""
+    scfg = stream_config(run.cfg, run.batch, run.model.cfg)
+    return make_loader(
+        run.cfg.shards, run.tok, scfg, run.cfg.num_workers, run.rank, run.world, run.step
     )
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
-    params = [p for p in model.parameters() if p.requires_grad]
 
-    bar = None
-    if main and cfg.progress:
-        import sys
 
-        from tqdm import tqdm
-
-        # Outside a terminal (CI, logs, a piped `make demo`) a fast bar floods the log.
-        interval = 0.1 if sys.stderr.isatty() else 10.0
-        bar = tqdm(
-            total=cfg.steps,
-            initial=step,
-            desc="train",
-            unit="step",
-            dynamic_ncols=True,
-            mininterval=interval,
+def train_step(run: Run, batch: dict[str, Any]) -> dict[str, Any]:
+    """One optimizer step on one batch; returns the step's log record (without its rate)."""
+    model, dev = run.model, run.device
+    model.train()
+    if getattr(model.cfg, "lock_image", False):
+        model.vision.eval()  # a frozen trunk keeps its eval behaviour (no dropout)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev.type == "cuda")
+    with autocast:
+        model_out = run.net(
+            batch["pixels"].to(dev, non_blocking=True),
+            batch["short_ids"].to(dev),
+            batch["short_mask"].to(dev),
+            batch["long_ids"].to(dev),
+            batch["long_mask"].to(dev),
         )
-    ckpt = ckpt_path
-    loss_val = float("nan")
-    it = iter(loader)
-    t_last = time.perf_counter()
+    losses = run.objective(**model_out)
+    run.opt.zero_grad(set_to_none=True)
+    losses["loss"].backward()
+    if run.cfg.grad_clip:
+        params = [p for p in model.parameters() if p.requires_grad]
+        torch.nn.utils.clip_grad_norm_(params, run.cfg.grad_clip)
+    lr = run.opt.param_groups[0]["lr"]
+    run.opt.step()
+    run.sched.step()
+    run.step += 1
+    return {
+        "step": run.step,
+        "loss": float(losses["loss"].detach()),
+        "losses": [float(x) for x in losses["losses"]],
+        "lr": lr,
+        "temperature": 1.0 / float(model.scale().detach()),
+    }
+
+
+def save_checkpoint(run: Run) -> None:
+    """Gather every rank's RNG state; rank 0 writes the checkpoint atomically."""
+    import torch.distributed as dist
+
+    rngs: list[Any] = [None] * run.world
+    if run.world > 1:
+        dist.all_gather_object(rngs, _rng_state())
+    else:
+        rngs = [_rng_state()]
+    if not run.main:
+        return
+    run.checkpoint = checkpoint_dir(run.out) / f"step_{run.step:07d}.pt"
+    _save(
+        run.checkpoint,
+        {
+            "model": run.model.state_dict(),
+            "optimizer": run.opt.state_dict(),
+            "scheduler": run.sched.state_dict(),
+            "step": run.step,
+            "data_position": {
+                "batches_per_rank": run.step,
+                "batch_size": run.batch,
+                "world": run.world,
+            },
+            "rng": rngs,
+            "model_config": run.model.cfg.to_dict(),
+            "train_config": asdict(run.cfg),
+            "tokenizer": run.tok.describe(),
+        },
+        run.cfg.keep_checkpoints,
+    )
+
+
+def _progress(run: Run):
+    if not (run.main and run.cfg.progress):
+        return None
+    import sys
+
+    from tqdm import tqdm
+
+    # Outside a terminal (CI, logs, a piped `make demo`) a fast bar floods the log.
+    interval = 0.1 if sys.stderr.isatty() else 10.0
+    return tqdm(
+        total=run.cfg.steps,
+        initial=run.step,
+        desc="train",
+        unit="step",
+        dynamic_ncols=True,
+        mininterval=interval,
+    )
+
+
+def _record(run: Run, rec: dict[str, Any], keys: list[str], bar) -> None:
+    """Append the step to log.jsonl (rank 0) and keys_rank{R}.jsonl (log_keys); update the bar."""
+    if run.cfg.log_keys:
+        with (run.out / f"keys_rank{run.rank}.jsonl").open("a") as f:
+            f.write(json.dumps({"step": rec["step"], "keys": keys}) + "\n")
+    if not run.main:
+        return
+    with run.log.open("a") as f:
+        f.write(json.dumps(rec) + "\n")
+    if bar is not None:
+        bar.set_postfix(
+            loss=f"{rec['loss']:.4f}",
+            lr=f"{rec['lr']:.2e}",
+            T=f"{rec['temperature']:.4f}",
+            sps=f"{rec['samples_per_s']:.0f}",
+        )
+        bar.update(1)
+
+
+def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
+    """Train; returns {"steps", "loss", "checkpoint", "log", "batch_size", "world", "model"}.
+    resume: continue from the run folder's latest checkpoint (the same loss curve)."""
+    import torch.distributed as dist
+
+    run = setup(cfg)
+    resume_run(run, resume)
+    it = iter(make_stream(run))
+    bar = _progress(run)
     end = min(cfg.steps, cfg.stop_after or cfg.steps)
-    while step < end:
-        b = next(it)
-        model.train()
-        if cfg.lock_image:
-            model.vision.eval()
-        with autocast:
-            img, txt, scale = net(
-                b["pixels"].to(device, non_blocking=True),
-                b["short_ids"].to(device),
-                b["short_mask"].to(device),
-                b["long_ids"].to(device),
-                b["long_mask"].to(device),
-                lock_image=cfg.lock_image,
-            )
-        loss, per = lotlip_loss(img, txt, scale, cfg.loss_weights)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.grad_clip:
-            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-        lr = opt.param_groups[0]["lr"]
-        opt.step()
-        sched.step()
-        step += 1
+    loss = float("nan")
+    t_last = time.perf_counter()
+    while run.step < end:
+        batch = next(it)
+        rec = train_step(run, batch)
         now = time.perf_counter()
-        rate = batch * world / max(now - t_last, 1e-9)
-        t_last = now
-        loss_val = float(loss.detach())
-        rec = {
-            "step": step,
-            "loss": loss_val,
-            "losses": [float(x) for x in per],
-            "lr": lr,
-            "temperature": 1.0 / float(model.scale().detach()),
-            "samples_per_s": rate,
-        }
-        if cfg.log_keys:
-            with (out / f"keys_rank{rank}.jsonl").open("a") as f:
-                f.write(json.dumps({"step": step, "keys": b["keys"]}) + "\n")
-        if main:
-            with log.open("a") as f:
-                f.write(json.dumps(rec) + "\n")
-            if bar is not None:
-                bar.set_postfix(
-                    loss=f"{loss_val:.4f}",
-                    lr=f"{lr:.2e}",
-                    T=f"{rec['temperature']:.4f}",
-                    sps=f"{rate:.0f}",
-                )
-                bar.update(1)
-        if step == end or (cfg.save_every and step % cfg.save_every == 0):
-            rngs = [None] * world
-            if world > 1:
-                dist.all_gather_object(rngs, _rng_state())
-            else:
-                rngs = [_rng_state()]
-            if main:
-                ckpt = checkpoint_dir(out) / f"step_{step:07d}.pt"
-                _save(
-                    ckpt,
-                    {
-                        "model": model.state_dict(),
-                        "optimizer": opt.state_dict(),
-                        "scheduler": sched.state_dict(),
-                        "step": step,
-                        "data_position": {
-                            "batches_per_rank": step,
-                            "batch_size": batch,
-                            "world": world,
-                        },
-                        "rng": rngs,
-                        "model_config": mcfg.to_dict(),
-                        "train_config": asdict(cfg),
-                        "tokenizer": tok.describe(),
-                    },
-                    cfg.keep_checkpoints,
-                )
+        rec["samples_per_s"] = run.batch * run.world / max(now - t_last, 1e-9)
+        t_last, loss = now, rec["loss"]
+        _record(run, rec, batch["keys"], bar)
+        if run.step == end or (cfg.save_every and run.step % cfg.save_every == 0):
+            save_checkpoint(run)
     if bar is not None:
         bar.close()
     del it
-    if world > 1:
+    if run.world > 1:
         dist.barrier()
     return {
-        "steps": step,
-        "loss": loss_val,
-        "checkpoint": str(ckpt) if ckpt else None,
-        "log": str(log),
-        "batch_size": batch,
-        "world": world,
-        "model": model,
+        "steps": run.step,
+        "loss": loss,
+        "checkpoint": str(run.checkpoint) if run.checkpoint else None,
+        "log": str(run.log),
+        "batch_size": run.batch,
+        "world": run.world,
+        "model": run.model,
     }

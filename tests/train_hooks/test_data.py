@@ -55,7 +55,8 @@ def test_batches_reproducible_and_shaped(shards_dir, tok, fmt):
     a, b = next(iter(ds)), next(iter(ds))
     assert a["keys"] == b["keys"]
     assert torch.equal(a["long_ids"], b["long_ids"]) and torch.equal(a["pixels"], b["pixels"])
-    assert a["pixels"].shape == (4, 3, 32, 32) and a["long_ids"].shape == (4, 64)
+    assert a["pixels"].shape == (4, 3, 32, 32) and a["long_ids"].shape == (1, 4, 64)
+    assert a["short_ids"].shape == (1, 4, 64)
     other = ShardStream(list_shards(shards_dir), tok, cfg(fmt=fmt, seed=4))
     assert keys(other, 3) != keys(ds, 3)
 
@@ -103,9 +104,45 @@ def test_short_caption_only_sample_trains(shards_dir, tok):
     ds = ShardStream(list_shards(shards_dir), tok, cfg())
     rec = next(iter(read_shard(list_shards(shards_dir)[0])))
     rec = dict(rec, long_captions=[])
-    _, short, pieces = ds.prepare(0, rec)
-    assert pieces == [short] == [rec["caption"]]
-    assert ds.prepare(0, dict(rec, key="x"))[2] == [rec["caption"]]
+    _, shorts, longs = ds.prepare(0, rec)
+    assert longs == [shorts] == [[rec["caption"]]]
+    assert ds.prepare(0, dict(rec, key="x"))[2] == [[rec["caption"]]]
+    two = ShardStream(list_shards(shards_dir), tok, cfg(long_texts=2))
+    assert two.prepare(0, rec)[2] == [[rec["caption"]]] * 2
+
+
+def test_shard_counts_match_the_tokenizer_and_fill_is_never_cut(shards_dir, tok):
+    ds = ShardStream(list_shards(shards_dir), tok, cfg())
+    n = 0
+    for rec in read_shard(list_shards(shards_dir)[1]):
+        for lc in rec["long_captions"]:
+            assert lc["subcaption_tokens"] == tok.count(lc["subcaptions"])
+        (text,) = ds.prepare(0, rec)[2]
+        row = tok.encode_ids([text])[0]
+        used = sum(tok.count(text)) + len(text)
+        assert used <= tok.budget and len(row) == 1 + 2 + used  # filled, not cut
+        n += 1
+    assert n > 0
+
+
+def test_long_texts_and_mllm_short_texts_shapes(shards_dir, tok):
+    c = cfg(long_texts=2, mllm_short_texts=2, mode="across_models")
+    b = next(iter(ShardStream(list_shards(shards_dir), tok, c)))
+    assert b["long_ids"].shape == b["long_mask"].shape == (2, 4, 64)
+    assert b["short_ids"].shape == (3, 4, 64)
+    # Row 0 of the short texts is the raw caption of each sample, rows 1-2 MLLM short captions.
+    rec = next(iter(read_shard(list_shards(shards_dir)[0])))
+    assert rec["short_captions"] == []  # the sample data has none: add two
+    rec["short_captions"] = [{"model": "m1", "text": "a cat."}, {"model": "m2", "text": "a dog."}]
+    shorts = ShardStream(list_shards(shards_dir), tok, c).prepare(0, rec)[1]
+    assert shorts[0] == rec["caption"]
+    assert sorted(shorts[1:]) == ["a cat.", "a dog."]
+
+
+@pytest.mark.parametrize("mode", ["fill", "dreamlip", "k"])
+def test_every_text_mode_streams(shards_dir, tok, mode):
+    b = next(iter(ShardStream(list_shards(shards_dir), tok, cfg(text_mode=mode, window=2))))
+    assert b["long_ids"].shape == (1, 4, 64)
 
 
 def test_missing_folder_is_a_clear_error(tmp_path):

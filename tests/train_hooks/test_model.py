@@ -101,8 +101,20 @@ def test_forward_shapes_and_temperature():
     model = _tiny(3)
     tok = CornerTokenizer(None, 3, 48)
     ids, pad = tok([["a"], ["b c"]])
-    img, txt, scale = model(torch.randn(2, 3, 32, 32), ids, pad, ids, pad)
+    out = model(torch.randn(2, 3, 32, 32), ids, pad, ids, pad)
+    img, txt, scale = out["image_features"], out["text_features"], out["logit_scale"]
     assert img.shape == (2, 64) and txt.shape == (1 + 3 + 1, 2, 64)
+    # T = 2 long texts, S = 2 short texts: S + T (1 + K) embeddings, text by text.
+    two = model(
+        torch.randn(2, 3, 32, 32),
+        ids.expand(2, -1, -1),
+        pad.expand(2, -1, -1),
+        torch.stack([ids, ids.flip(0)]),
+        torch.stack([pad, pad.flip(0)]),
+    )
+    assert two["text_features"].shape == (2 + 2 * 4, 2, 64)
+    assert torch.allclose(two["text_features"][2:6], txt[1:], atol=1e-5)
+    assert torch.allclose(two["text_features"][6:], txt[1:].flip(1), atol=1e-5)
     assert abs(float(scale.detach()) - 1 / 0.07) < 1e-3
     with torch.no_grad():
         model.logit_scale.fill_(10.0)

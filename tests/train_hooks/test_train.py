@@ -48,7 +48,8 @@ def small(shards, out, **kw) -> TrainConfig:
 def test_cli_train_then_eval(shards_dir, tmp_path, capsys):
     run = tmp_path / "run"
     argv = ["train", "--shards", str(shards_dir), "--out", str(run), "--preset", "tiny"]
-    argv += ["--corner-tokens", "2", "--subcaptions", "3", "--context-length", "77"]
+    argv += ["--corner-tokens", "2", "--text-mode", "k", "--subcaptions", "3"]
+    argv += ["--context-length", "77"]
     argv += ["--steps", "3", "--batch-size", "64", "--workers", "1", "--no-progress"]
     assert run_cli(argv) == 0
     out = capsys.readouterr().out
@@ -88,21 +89,65 @@ def test_resume_gives_the_same_loss_curve(shards_dir, tmp_path):
     assert max(abs(a - b) for a, b in zip(full, resumed, strict=True)) <= 1e-6
 
 
-@pytest.mark.parametrize("length,lock", [(192, False), (248, True)])
+def _has_lock_image() -> bool:
+    from dataclasses import fields
+
+    from train_hooks.model import ModelConfig
+
+    return "lock_image" in {f.name for f in fields(ModelConfig)}
+
+
+@pytest.mark.parametrize(
+    "length,lock",
+    [
+        (192, None),
+        pytest.param(
+            248,
+            True,
+            marks=pytest.mark.skipif(
+                not _has_lock_image(), reason="needs ModelConfig.lock_image (issue 8, towers)"
+            ),
+        ),
+    ],
+)
 def test_long_contexts(shards_dir, tmp_path, length, lock):
     cfg = small(shards_dir, tmp_path / "run", context_length=length, steps=2, lock_image=lock)
-    cfg.subcaptions = 6
     before = None
     if lock:
         from train_hooks.model import build_model, preset
 
         torch.manual_seed(cfg.seed)
-        before = build_model(preset("tiny")).vision.state_dict()
+        before = build_model(preset("tiny", lock_image=True)).vision.state_dict()
     res = train(cfg)
     assert res["steps"] == 2 and res["loss"] == res["loss"]  # not NaN
     if before is not None:
         after = res["model"].vision.state_dict()
         assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+@pytest.mark.parametrize("mode", ["fill", "dreamlip", "k"])
+def test_long_texts_and_short_texts_reach_the_loss(shards_dir, tmp_path, mode):
+    run = tmp_path / mode
+    argv = ["train", "--shards", str(shards_dir), "--out", str(run), "--text-mode", mode]
+    argv += ["--long-texts", "2", "--mllm-short-texts", "1", "--window", "2"]
+    argv += ["--context-length", "64", "--steps", "2", "--batch-size", "8", "--workers", "0"]
+    argv += ["--no-progress", "--mode", "across_models"]
+    assert run_cli(argv) == 0
+    log = [json.loads(ln) for ln in (run / "log.jsonl").read_text().splitlines()]
+    # 2 short [CLS] (raw + one MLLM short text), then 2 long texts x ([CLS] + 2 corners).
+    assert [len(r["losses"]) for r in log] == [2 + 2 * 3] * 2
+    saved = json.loads((run / "config.json").read_text())["train"]
+    assert saved["text_mode"] == mode and saved["long_texts"] == 2
+
+
+def test_cli_rejects_flags_of_another_mode(shards_dir, tmp_path):
+    base = ["train", "--shards", str(shards_dir), "--out", str(tmp_path / "r")]
+    with pytest.raises(SystemExit, match="--subcaptions applies to --text-mode k"):
+        run_cli([*base, "--subcaptions", "3"])
+    with pytest.raises(SystemExit, match="needs --text-mode dreamlip"):
+        run_cli([*base, "--dreamlip-off-by-one"])
+    with pytest.raises(ValueError, match=r"has 4 values; this run has 7 text embeddings"):
+        run_cli([*base, "--long-texts", "2", "--loss-weights", "1,1,1,1"])
 
 
 def test_ddp_two_processes_on_gloo(shards_dir, tmp_path):
