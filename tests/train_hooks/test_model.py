@@ -197,7 +197,8 @@ def test_lit_freezes_the_whole_trunk_and_drops_the_projection():
     assert not any(m.training for m in model.vision.modules())
     tok = CornerTokenizer(None, 2, 32)
     ids, pad = tok([["a red circle."], ["two blue squares."]])
-    img, txt, scale = model(torch.randn(2, 3, 32, 32), ids, pad, ids, pad)
+    out = model(torch.randn(2, 3, 32, 32), ids, pad, ids, pad)
+    img, txt, scale = out["image_features"], out["text_features"], out["logit_scale"]
     assert img.grad_fn is None  # computed under no_grad: nothing kept for backward
     (txt.sum() + (img[:, None] * txt.mean(0)[:, None]).sum() * scale).backward()
     assert all(p.grad is None for p in model.vision.parameters())

@@ -89,27 +89,7 @@ def test_resume_gives_the_same_loss_curve(shards_dir, tmp_path):
     assert max(abs(a - b) for a, b in zip(full, resumed, strict=True)) <= 1e-6
 
 
-def _has_lock_image() -> bool:
-    from dataclasses import fields
-
-    from train_hooks.model import ModelConfig
-
-    return "lock_image" in {f.name for f in fields(ModelConfig)}
-
-
-@pytest.mark.parametrize(
-    "length,lock",
-    [
-        (192, None),
-        pytest.param(
-            248,
-            True,
-            marks=pytest.mark.skipif(
-                not _has_lock_image(), reason="needs ModelConfig.lock_image (issue 8, towers)"
-            ),
-        ),
-    ],
-)
+@pytest.mark.parametrize("length,lock", [(192, None), (248, True)])
 def test_long_contexts(shards_dir, tmp_path, length, lock):
     cfg = small(shards_dir, tmp_path / "run", context_length=length, steps=2, lock_image=lock)
     before = None
