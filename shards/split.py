@@ -47,42 +47,41 @@ from typing import Literal
 
 from nltk.tokenize.punkt import PunktSentenceTokenizer
 
+from shards import text_rules as T
 from shards.split_rules import DEFAULT_CONFIG, Lexicon, SplitterConfig, build_lexicon
 
-__all__ = ["Engine", "SplitterConfig", "split_caption"]
+__all__ = ["ENGINES", "Engine", "SplitterConfig", "lotlip_split", "sentence_ends", "split_caption"]
 
-Engine = Literal["rules", "punkt"]
+Engine = Literal["rules", "punkt", "regex"]
+ENGINES: tuple[str, ...] = ("rules", "punkt", "regex")
 
-_SPECIAL = re.compile(
-    r"<\|im_start\|>(?:system|user|assistant)?|<\|[a-z_]+\|>|</?s>|<image>|<unk>|<pad>"
-    r"|\[/?INST\]"
-)
 # A role tag is a turn boundary, so it becomes a line break, but only where a turn can begin:
 # at a line start or after a sentence end (`_role_break` looks back). The pattern starts with
 # the role word so that the regex engine skips ahead on its first letter: a pattern that starts
 # with the context (`^|(?<=...)`) is tried at every position, ten times slower.
-_ROLE = re.compile(r"(?:USER|User|ASSISTANT|Assistant|HUMAN|Human|GPT|SYSTEM|System)[ \t]*:")
+_ROLE = re.compile(rf"{T.words(T.USER_ROLES + T.ASSISTANT_ROLES + T.SYSTEM_ROLES)}[ \t]*:")
 _HEADING = re.compile(r"^[ \t]*#{1,6}[ \t]+", re.MULTILINE)
 # "The items are: 1. A pen. 2. A cup." is a list written on one line; start it on a new line.
 _INLINE_LIST = re.compile(r":[ \t]+(?=1[.)][ \t])")
-_BULLET = re.compile(r"(?:[-*\u2022\u2023\u25e6\u25aa\u00b7]|\(?\d{1,3}[.)])\s+")
-_PIECE_MARKER = re.compile(r"\d{1,3}[.)](?:\s+|(?=[A-Z]))")
+_BULLET = T.list_marker()
+_PIECE_MARKER = re.compile(rf"{T.NUMBER_MARKER}(?:\s+|(?=[A-Z]))")
 _HAS_ALNUM = re.compile(r"[^\W_]").search
 
 # A candidate end: terminators, closing quotes/brackets, then a space or (typo) a capital; the
 # lookahead captures the next word and a period right after it (the "A." of "J. A. Smith" is an
 # initial, not the sentence starter "A"), saving a second regex call per candidate.
 _CAND = re.compile(
-    r"([.!?\u2026]+)([\"'\u201d\u2019)\]]*)(?:(\s+)|(?=[A-Z]))"
+    rf"([.!?\u2026]+)([{re.escape(T.CLOSERS)}]*)(?:(\s+)|(?=[A-Z]))"
     r"(?=[\"'\u201c\u2018(\[]*(\w*)(\.?))"
 )
-_WRAP = "\"'\u201c\u201d\u2018\u2019()[]{}*_"
 _DOTTED = re.compile(r"(?:[a-z]\.)+[a-z]")  # "u.s", "a.m", "j.r": acronyms and initials
 _NUM_UNIT = re.compile(r"\d+(?:[.,]\d+)?-?([a-z]+)")  # "5ft", "27-in"
 # Punkt needs a space after a sentence end; put one into "windowsill.The" and "Wow!Look".
 # Not before a word with a period of its own ("www.Amazon.com").
 _PUNKT_NOSPACE = re.compile(r"(?<=[^\W_]{2}[.!?])(?=[A-Z][a-z]*(?![\w.]))|(?<=[!?])(?=[A-Z])")
-_MARKER_ONLY = re.compile(r"\d{1,3}[.)]")
+_MARKER_ONLY = re.compile(T.NUMBER_MARKER)
+_HAS_TERMINATOR = re.compile(r"[.!?\u2026]").search
+_LOTLIP_SPLIT = re.compile(r"\n|</s>|[.]").split
 
 
 def _is_abbreviation(lex: Lexicon, line: str, start: int, ws: int, word: str, low: str) -> bool:
@@ -122,7 +121,7 @@ def _is_boundary(lex: Lexicon, line: str, start: int, m: re.Match[str]) -> bool:
     ws = line.rfind(" ", start, p) + 1
     if ws < start:
         ws = start
-    word = line[ws:p].strip(_WRAP)
+    word = line[ws:p].strip(T.WRAPPERS)
     if not word:
         return True
     low = word.lower()
@@ -200,15 +199,13 @@ def _role_break(m: re.Match[str]) -> str:
 
 def _lines(lex: Lexicon, text: str) -> list[str]:
     """Steps 1-3: artefacts out, markdown out, one string per line without its list marker."""
-    if "<" in text or "[" in text:
-        text = _SPECIAL.sub("\n", text)
+    text = T.break_at_artefacts(text)
     if ":" in text:
         text = _ROLE.sub(_role_break, text)
     if ": 1" in text:
         text = _INLINE_LIST.sub(":\n", text)
     if lex.strip_markdown:
-        if "**" in text:
-            text = text.replace("**", "")
+        text = T.strip_emphasis(text)
         if "#" in text:
             text = _HEADING.sub("", text)
     lines = []
@@ -234,6 +231,42 @@ def _pieces(line: str, spans: list[tuple[int, int]], out: list[str]) -> None:
             out.append(piece)
 
 
+def sentence_ends(text: str, config: SplitterConfig | None = None) -> list[int]:
+    """Offsets in `text` just after each sentence end (its terminator and closing quotes or
+    brackets) and of each line break, ascending, as engine "rules" judges them.
+
+    `text` is taken as it is (no artefacts or markers removed), so that a caller can cut it at
+    these offsets: `recaption.clean` does, with the same lexicon as the splitter. A terminator
+    at the end of a line counts as an end when it would end a sentence before "The" (so "It is
+    made in the U.S." ends, "built by Dr." does not).
+    """
+    lex = _DEFAULT_LEXICON if config is None else build_lexicon(config)
+    out: list[int] = []
+    offset = 0
+    for line in text.split("\n"):
+        if line and _HAS_TERMINATOR(line):
+            # The sentinel word stands for a following sentence; its own span is never an end.
+            out.extend(offset + e for _, e in _rule_spans(lex, line + " The")[:-1])
+        offset += len(line) + 1
+        if offset <= len(text):
+            out.append(offset - 1)
+    return out
+
+
+def lotlip_split(text: str) -> list[str]:
+    """LoTLIP's and DreamLIP's sub-captions: ``re.split(r'\\n|</s>|[.]', text)``, pieces
+    stripped, empty ones dropped.
+
+    Kept exactly for comparisons with LoTLIP's Table 1 (engine "regex"): it also cuts "3.5 km",
+    "Dr. Lee" and "www.example.com", and keeps every other artefact. Source:
+    wuw2019/LoTLIP@301b906 dataloaders/dci_retrieval.py:40-48 (`split_caption`, the same in
+    iiw_retrieval.py:54, share4v.py:30, urban1k.py:29; LoTLIP's training loader is not
+    released) and zyf0619sjtu/DreamLIP@d2aeea8 training/data.py:202-210 (the same at lines
+    348 and 453).
+    """
+    return [p for p in (q.strip() for q in _LOTLIP_SPLIT(text)) if p]
+
+
 @lru_cache(maxsize=8)
 def _punkt_tokenizer(config: SplitterConfig) -> PunktSentenceTokenizer:
     return PunktSentenceTokenizer(build_lexicon(config).punkt_parameters())
@@ -247,11 +280,14 @@ def split_caption(
 ) -> list[str]:
     """The sub-captions of `text`: stripped, non-empty, in order, artefacts removed.
 
-    `engine` is "rules" (fast, the default) or "punkt" (nltk Punkt with the same lexicon).
-    `config` adds abbreviations and sentence starters. Non-string or blank input gives [].
+    `engine` is "rules" (fast, the default), "punkt" (nltk Punkt with the same lexicon) or
+    "regex" (LoTLIP's `re.split`, `lotlip_split`; `config` does not apply). `config` adds
+    abbreviations and sentence starters. Non-string or blank input gives [].
     """
     if not isinstance(text, str) or not text or text.isspace():
         return []
+    if engine == "regex":
+        return lotlip_split(text)
     cfg = DEFAULT_CONFIG if config is None else config
     lex = _DEFAULT_LEXICON if config is None else build_lexicon(config)
     out: list[str] = []
@@ -264,5 +300,5 @@ def split_caption(
             line = _PUNKT_NOSPACE.sub(" ", line)
             _pieces(line, _punkt_spans(tokenizer, line), out)
     else:
-        raise ValueError(f"unknown engine {engine!r}; expected 'rules' or 'punkt'")
+        raise ValueError(f"unknown engine {engine!r}; expected one of {', '.join(ENGINES)}")
     return out

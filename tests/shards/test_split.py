@@ -113,6 +113,7 @@ CUTS = {
 }
 EXACT = {
     "end_token": ("A cat on a sofa.</s>", ["A cat on a sofa."]),
+    "marker_between": ("The dog runs</s>The cat sleeps", ["The dog runs", "The cat sleeps"]),
     "chat_tokens": ("<|im_start|>assistant\nA red car.<|im_end|>", ["A red car."]),
     "role": ("ASSISTANT: A red car. It is new.", ["A red car.", "It is new."]),
     "md_role": ("### Assistant: A red car.", ["A red car."]),
@@ -228,3 +229,20 @@ def test_fuzz_never_fails():
         for engine in ("rules", "punkt"):
             pieces = split_caption(text, engine=engine)
             assert all(p and p == p.strip() and "\n" not in p for p in pieces), (text, pieces)
+
+
+def test_sentence_ends_are_offsets_the_cleaner_can_cut_at():
+    from shards.split import sentence_ends
+
+    text = "Dr. Lee runs 3.5 km. It was made in the U.S.\n1. A cup. Built by Dr."
+    ends = sentence_ends(text)
+    # The line break after "U.S." is a boundary too, at the same offset as the sentence end.
+    assert [text[:e].rsplit(" ", 1)[-1] for e in ends] == ["km.", "U.S.", "U.S.", "cup."]
+    assert ends == sorted(ends) and text.index("\n") in ends
+
+
+def test_regex_engine_is_lotlip_split():
+    text = "Dr. Lee runs 3.5 km.\nA dog</s>\n<|im_end|> e.g. here"
+    expected = [p.strip() for p in re.split(r"\n|</s>|[.]", text) if p.strip()]
+    assert split_caption(text, engine="regex") == expected
+    assert split_caption("", engine="regex") == []
