@@ -43,12 +43,13 @@ from __future__ import annotations
 
 import re
 from functools import lru_cache
-from typing import Literal
-
-from nltk.tokenize.punkt import PunktSentenceTokenizer
+from typing import TYPE_CHECKING, Literal
 
 from shards import text_rules as T
 from shards.split_rules import DEFAULT_CONFIG, Lexicon, SplitterConfig, build_lexicon
+
+if TYPE_CHECKING:  # nltk costs a second to import; only engine "punkt" needs it
+    from nltk.tokenize.punkt import PunktSentenceTokenizer
 
 __all__ = ["ENGINES", "Engine", "SplitterConfig", "lotlip_split", "sentence_ends", "split_caption"]
 
@@ -269,6 +270,8 @@ def lotlip_split(text: str) -> list[str]:
 
 @lru_cache(maxsize=8)
 def _punkt_tokenizer(config: SplitterConfig) -> PunktSentenceTokenizer:
+    from nltk.tokenize.punkt import PunktSentenceTokenizer
+
     return PunktSentenceTokenizer(build_lexicon(config).punkt_parameters())
 
 

@@ -23,8 +23,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
-from nltk.tokenize.punkt import _ORTHO_BEG_UC, _ORTHO_MID_LC, PunktParameters
+if TYPE_CHECKING:  # nltk costs a second to import; only engine "punkt" needs it
+    from nltk.tokenize.punkt import PunktParameters
 
 NEVER_FINAL: frozenset[str] = frozenset(
     # titles, military ranks and name prefixes
@@ -127,6 +129,8 @@ class Lexicon:
         case mid-sentence", which makes Punkt's orthographic heuristic call them sentence starts
         after an abbreviation, and keeps its initials heuristic ("J. R. Turner") from firing.
         """
+        from nltk.tokenize.punkt import _ORTHO_BEG_UC, _ORTHO_MID_LC, PunktParameters
+
         params = PunktParameters()
         params.abbrev_types = set(self.abbreviations)
         params.sent_starters = {w.lower() for w in self.starters}
