@@ -159,16 +159,17 @@ def test_unknown_engine():
 
 
 def test_config_extends_lexicon():
-    text = "It is on Market Pl. Cafe Rouge is next door."
+    # "Pl." and "Fr." joined the default lexicon; "Plz." and "Bro." are not in it.
+    text = "It is on Market Plz. Cafe Rouge is next door."
     assert len(split_caption(text)) == 2
-    pl = SplitterConfig(extra_abbreviations=["Pl."])
+    pl = SplitterConfig(extra_abbreviations=["Plz."])
     assert split_caption(text, config=pl) == [text]
-    starters = SplitterConfig(extra_abbreviations={"pl"}, extra_starters={"Cafe"})
+    starters = SplitterConfig(extra_abbreviations={"plz"}, extra_starters={"Cafe"})
     assert len(split_caption(text, config=starters)) == 2
     assert len(split_caption(text, engine="punkt", config=starters)) == 2
-    title = "Fr. Brown blesses the crowd."
+    title = "Bro. Brown blesses the crowd."
     assert len(split_caption(title)) == 2
-    assert split_caption(title, config=SplitterConfig(extra_titles=["FR."])) == [title]
+    assert split_caption(title, config=SplitterConfig(extra_titles=["BRO."])) == [title]
     assert split_caption("**A** cat.", config=SplitterConfig(strip_markdown=False)) == [
         "**A** cat."
     ]
