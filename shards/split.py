@@ -56,6 +56,7 @@ from shards import text_rules as T
 from shards.split_rules import (
     DEFAULT_CONFIG,
     STREET_SUFFIXES,
+    WEAK_STARTERS,
     Lexicon,
     SplitterConfig,
     build_lexicon,
@@ -175,7 +176,7 @@ def _is_boundary(lex: Lexicon, line: str, start: int, m: re.Match[str], lower: b
         return True
     # An abbreviation ends a sentence only when the next word evidently starts one.
     if after in lex.starters and not (len(after) == 1 and dotted):
-        return True
+        return not (lower and after in WEAK_STARTERS)
     # After "etc."/"a.m." any capitalised word starts a sentence; not so in lowercase output,
     # where "etc. cover the cushions" is one sentence.
     return low in lex.final_prone and not lower and first.isupper() and after[1:2].islower()

@@ -88,6 +88,16 @@ STARTERS: frozenset[str] = frozenset(
 )
 
 
+# Starters that as often continue a sentence after an abbreviation ("etc. to stay warm"): in
+# lowercase output, where capitals give no evidence, they do not start one after "etc.".
+WEAK_STARTERS: frozenset[str] = frozenset(
+    """
+    In On At To From With Without By For Of As Above Below Behind Beside Under Over Near Along
+    Across Against Among Between Inside Outside Within Toward Towards Around
+    """.split()
+)
+
+
 def _norm(words: Iterable[str]) -> frozenset[str]:
     """Punkt's form of an abbreviation: lower case, no final period."""
     return frozenset(w.strip().rstrip(".").lower() for w in words if w.strip().rstrip("."))
