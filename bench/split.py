@@ -35,15 +35,10 @@ sys.path.insert(0, str(ROOT))  # run as a script from a checkout without `pip in
 
 from nltk.tokenize.punkt import PunktSentenceTokenizer  # noqa: E402
 
-from shards.split import split_caption  # noqa: E402
+from shards.split import lotlip_split, split_caption  # noqa: E402
 
 CASES = ROOT / "tests" / "shards" / "data" / "split_cases.jsonl"
 Splitter = Callable[[str], list[str]]
-
-
-def regex_baseline(text: str) -> list[str]:
-    """The split of the LoTLIP/DreamLIP loaders (empty pieces dropped)."""
-    return [p.strip() for p in re.split(r"\n|</s>|[.]", text) if p.strip()]
 
 
 def load_rows(path: Path = CASES) -> list[dict]:
@@ -140,7 +135,7 @@ def main() -> None:
     corpus = build_corpus(load_cases(), args.n)  # timing always on the main set's sentences
     untrained = PunktSentenceTokenizer()
     splitters: dict[str, Splitter] = {
-        "`re.split(r'\\n\\|</s>\\|[.]')` (LoTLIP baseline)": regex_baseline,
+        "`re.split(r'\\n\\|</s>\\|[.]')` (LoTLIP baseline)": lotlip_split,
         "nltk `PunktSentenceTokenizer()` untrained": untrained.tokenize,
         '`split_caption(t)` (engine "rules")': split_caption,
         '`split_caption(t, engine="punkt")`': lambda t: split_caption(t, engine="punkt"),
