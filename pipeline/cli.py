@@ -39,8 +39,10 @@ def _cmd_shards(args: argparse.Namespace) -> int:
 def _cmd_stats(args: argparse.Namespace) -> int:
     from shards.dataset_stats import collect_stats, format_report, write_plots
 
-    stats = collect_stats(args.dir)
+    stats = collect_stats(args.dir, args.split_engine)
     report = stats.report()
+    if args.split_engine:
+        report["split_engine"] = args.split_engine
     if args.json:
         print(json.dumps(report, indent=1))
     else:
@@ -73,6 +75,8 @@ def _cmd_tiny_models(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from shards.split import ENGINES  # light: re, nltk's punkt module
+
     parser = argparse.ArgumentParser(
         prog="longcap",
         description="Build long-caption image-text datasets (LoTLIP-style) and train on them.",
@@ -98,7 +102,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="recaption OUTPUT folder: join captions/<model>/NNNNN.parquet to the input shards",
     )
     p.add_argument(
-        "--split-engine", default="rules", choices=["rules", "punkt"], help="sub-caption splitter"
+        "--split-engine",
+        default="rules",
+        choices=ENGINES,
+        help="sub-caption splitter: rules (default), punkt (nltk) or regex (LoTLIP's re.split)",
     )
     p.set_defaults(func=_cmd_shards)
 
@@ -119,6 +126,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dir", help="folder of longcap shards")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--plots", metavar="DIR", help="write PNG histograms to DIR")
+    p.add_argument(
+        "--split-engine",
+        default=None,
+        choices=ENGINES,
+        help="recount sub-captions by re-splitting the stored texts (read from the shards' "
+        "Parquet, no images) with this engine; regex gives LoTLIP Table 1's counts",
+    )
     p.set_defaults(func=_cmd_stats)
 
     from pipeline.cli_train import add_train_commands

@@ -3,10 +3,12 @@
 `clean_caption` runs, in order:
 
 1. `strip_chat_artefacts`: chat-template leftovers and special tokens (``</s>``, ``<|im_end|>``,
-   ``[INST]``, ``<image>``, ...), a prompt echoed before the answer ("USER: ... ASSISTANT:"), a
-   hallucinated next user turn, leading role tags ("ASSISTANT:", "### Assistant:", "GPT:",
-   "Answer:"), a leading polite preamble ("Sure! Here is a detailed description of the image:"),
-   markdown bold markers, runs of spaces, and a dangling opening quote or bracket at the end.
+   ``[INST]``, ``<image>``, ...; each becomes a line break, a sentence boundary, never a
+   space), a prompt echoed before the answer ("USER: ... ASSISTANT:"), a hallucinated next
+   user turn, leading role tags ("ASSISTANT:", "### Assistant:", "GPT:", "Answer:"), a
+   leading polite preamble ("Sure! Here is a detailed description of the image:"), markdown
+   emphasis marks (``**bold**``, ``_it_``), runs of spaces, and a dangling opening quote or
+   bracket at the end.
    Line breaks are kept: they separate list items, which the sub-caption splitter relies on.
 2. `cut_repetition`: generation loops, the classic failure of greedy decoding in small models.
    Flag ``"repetition"``.
@@ -50,14 +52,12 @@ Design choices:
   the sentences before it are kept. Without a sentence end the first occurrence is kept
   ("a red car, a red car, ..." -> "a red car"). Passes repeat until nothing changes, so the
   result is a fixed point and cleaning it again flags nothing.
-- Sentence ends are found by a small rule set rather than `shards.split.split_caption`, because
-  cleaning needs character offsets into the original text (to cut a prefix) and must stay
-  cheap: a run of ``.``, ``!``, ``?`` or ``…`` plus closing quotes/brackets, followed by
-  whitespace or the end of the text, and not followed by a lower-case word. A period is not an
-  end after a single letter (an initial, "Plan B."), a dotted abbreviation ("e.g.", "U.S."), a
-  title or connective from a short list ("Dr.", "vs.", "approx."), "No." before a number, or a
-  1-3 digit number that starts a line or sentence (a list marker "2."). Decimals ("3.5") never
-  qualify, for want of the following space. A line break is also a boundary (list items).
+- Sentence ends are the splitter's (`shards.split.sentence_ends`, engine "rules", with the
+  abbreviation lexicon of `shards.split_rules`), taken as character offsets into the text so
+  that cleaning can cut a prefix: a caption is cut where it would be split, and "Dr.", "e.g.",
+  "3.5", "No. 7", "J. R. Smith" or a list number "2." are no ends. A line break is also a
+  boundary (list items). Special tokens, role words, wrappers and list markers come from
+  `shards.text_rules`, the one home of the rules cleaning and splitting share.
 """
 
 from __future__ import annotations
@@ -65,6 +65,9 @@ from __future__ import annotations
 import re
 from collections import Counter
 from dataclasses import dataclass, field
+
+from shards import text_rules as T
+from shards.split import sentence_ends
 
 __all__ = [
     "CleanResult",
@@ -78,15 +81,12 @@ __all__ = [
 # Chat artefacts
 # --------------------------------------------------------------------------------------------
 
-# Special tokens of the supported families (LLaVA/Vicuna "</s>", Qwen/InternVL ChatML, Llama-3
-# "<|eot_id|>", Mistral/LLaVA-NeXT "[INST]"). Replaced by a space, not removed, so that two
-# words around a token do not fuse, and so that removing one cannot form another ("<</s>/s>").
-_SPECIAL = re.compile(
-    r"<\|im_start\|>(?:system|user|assistant)?|<\|[a-z_]+\|>|</?s>|<image>|<unk>|<pad>"
-    r"|\[/?INST\]"
-)
-_ROLE_WORDS = r"(?:ASSISTANT|Assistant|assistant|GPT|Answer|ANSWER)"
-_USER_WORDS = r"(?:USER|User|HUMAN|Human)"
+# Special tokens, role words and markers come from `shards.text_rules`, shared with the
+# splitter. A special token becomes a line break, not a space and not nothing: it ends a turn or
+# a sentence ("The dog runs</s>The cat sleeps" holds two), two words around it do not fuse, and
+# removing one cannot form another ("<</s>/s>").
+_ROLE_WORDS = T.words(T.ASSISTANT_ROLES + T.ANSWER_TAGS)
+_USER_WORDS = T.words(T.USER_ROLES)
 # A prompt echoed before the answer: only when the text starts with a user turn and an
 # assistant turn follows it; the answer starts after the first assistant marker.
 _PROMPT_ECHO = re.compile(
@@ -110,7 +110,6 @@ _LEAD_HERE = re.compile(
     r"(?:[\w-]+[ \t]+){0,2}?(?:image|picture|photo|photograph)[ \t]*[:.]\s*"
 )
 _BLANK_LINES = re.compile(r"\n{3,}")
-_OPENERS = "([{<\u201c\u2018"
 _AMBIGUOUS_QUOTES = "\"'"
 
 
@@ -130,7 +129,7 @@ def _drop_dangling_opener(text: str) -> str:
     A straight quote counts as opening only after a space: `He said "hi"` keeps its quote.
     """
     while text and (
-        text[-1] in _OPENERS
+        text[-1] in T.OPENERS
         or (text[-1] in _AMBIGUOUS_QUOTES and (len(text) == 1 or text[-2].isspace()))
     ):
         text = text[:-1].rstrip()
@@ -138,7 +137,8 @@ def _drop_dangling_opener(text: str) -> str:
 
 
 def strip_chat_artefacts(text: str) -> str:
-    """Remove chat-template leftovers, leading role tags and preambles, and bold markers.
+    """Remove chat-template leftovers (each becomes a line break: a sentence boundary), leading
+    role tags and preambles, and markdown emphasis marks.
 
     Runs of spaces collapse to one; line breaks are kept (at most one blank line in a row).
     """
@@ -150,11 +150,9 @@ def strip_chat_artefacts(text: str) -> str:
         m = _NEXT_TURN.search(text, 1)
         if m is not None:
             text = text[: m.start()]
-    # "**" first: removing it could form a token ("<**/s>"), removing a token cannot form "**".
-    if "**" in text:
-        text = text.replace("**", "")
-    if "<" in text or "[" in text:
-        text = _SPECIAL.sub(" ", text)
+    # Emphasis first: removing "**" could form a token ("<**/s>"), removing a token cannot form
+    # emphasis.
+    text = T.break_at_artefacts(T.strip_emphasis(text))
     text = _tidy_space(text)
     # Role tag and preamble can come in either order ("ASSISTANT: Sure! ..."): repeat.
     for _ in range(4):
@@ -172,58 +170,11 @@ def strip_chat_artefacts(text: str) -> str:
 # Sentence ends
 # --------------------------------------------------------------------------------------------
 
-# A candidate end: terminators, closing quotes/brackets, then (in the lookahead) the whitespace
-# and the first character after it, so that one regex call gives everything the rules need.
-_CAND = re.compile(r"([.!?\u2026]+)([\"'\u201d\u2019)\]]*)(?=(\s*)(\S?))")
-# Titles and connectives: a period after them continues the sentence.
-_NEVER_END = frozenset(
-    "mr mrs ms dr prof rev st mt lt col gen capt sgt jr sr vs approx appr ca cf esp incl "
-    "e.g eg i.e ie viz fig".split()
-)
-_NUMBERED = frozenset("no nos vol p pp".split())  # "No. 7": not an end before a number
-_DOTTED = re.compile(r"(?:\w\.)+\w")  # "e.g", "u.s", "a.m" (the final period is excluded)
-_WRAP = "\"'\u201c\u201d\u2018\u2019()[]{}*_"
-
-
-def _is_end(text: str, m: re.Match[str]) -> bool:
-    """Whether candidate `m` of `_CAND` ends a sentence."""
-    term, space, nxt = m.group(1), m.group(3), m.group(4)
-    if nxt and not space:  # "3.5", "e.g.x", "www.site.com"
-        return False
-    if nxt.islower():  # captions do not start a sentence in lower case: "etc. and", "Yahoo! logo"
-        return False
-    if term != ".":
-        return True
-    p = m.start()
-    ws = max(text.rfind(" ", 0, p), text.rfind("\n", 0, p), text.rfind("\t", 0, p)) + 1
-    word = text[ws:p].strip(_WRAP)
-    if not word:
-        return True
-    low = word.lower()
-    if len(low) == 1 and low.isalpha():  # an initial
-        return False
-    if low in _NEVER_END or ("." in low and _DOTTED.fullmatch(low)):
-        return False
-    if low in _NUMBERED and nxt.isdigit():
-        return False
-    if low.isdigit() and len(low) <= 3:
-        # A list marker "2." when it starts a line or follows a sentence end or a colon.
-        before = text[:ws].rstrip(" \t")
-        if not before or before[-1] in "\n.!?:\u2026\"')":
-            return False
-    return True
-
 
 def _boundaries(text: str) -> list[int]:
-    """Offsets where a sentence or a line ends (just after its last character), ascending."""
-    out: list[int] = []
-    for m in _CAND.finditer(text):
-        if _is_end(text, m):
-            out.append(m.end(2))
-    if "\n" in text:
-        out.extend(i for i, c in enumerate(text) if c == "\n")
-        out.sort()
-    return out
+    """Offsets where a sentence or a line ends (just after its last character), ascending:
+    the splitter's own rules and abbreviations (`shards.split.sentence_ends`)."""
+    return sentence_ends(text)
 
 
 def _unfinished_cut(text: str) -> int | None:
@@ -267,7 +218,7 @@ _TO_MARKED = str.maketrans({**dict.fromkeys(_PUNCT, " "), **dict.fromkeys(_ENDS,
 _TO_PLAIN = str.maketrans(dict.fromkeys(_PUNCT + _ENDS, " "))
 # Token characters, from U+0100 up (below the surrogates): "\n" and _MARK never collide.
 _ID_CHARS = tuple(map(chr, range(0x100, 0x100 + 4096)))
-_LIST_MARKER = re.compile(r"\s*(?:[-*\u2022\u00b7]|\(?\d{1,3}[.)])\s+")
+_LIST_MARKER = T.list_marker(leading_space=True)
 _NONSPACE = re.compile(r"\S+")
 # A separator between digits; the pattern starts with the separator class (found fast), the
 # digit before it is checked by a look-behind.

@@ -20,17 +20,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from recaption.clean import clean_caption
 from shards import schema as S
 from shards.inputs import InputError, InputSample, load_image_bytes
 from shards.readers import read_input
 from shards.shard_reader import read_shard_table
-from shards.split import split_caption
+from shards.split import ENGINES, split_caption
+from shards.text_rules import break_at_artefacts
 from shards.tokens import count_tokens
 from shards.writer import FORMATS, ShardWriter
 
 log = logging.getLogger(__name__)
 
-_ARTEFACTS = re.compile(r"</?s>|<\|im_(?:start|end)\|>|<\|endoftext\|>|<\|eot_id\|>")
 _UNSAFE_KEY = re.compile(r"[^\w\-]")
 
 
@@ -46,7 +47,8 @@ class AssembleConfig:
     verify_images: bool = True
     batch_size: int = 512
     captions: str | None = None  # a recaption OUTPUT folder whose captions to join
-    split_engine: str = "rules"  # shards.split engines: "rules" (fast) or "punkt" (nltk)
+    # shards.split engines: "rules" (fast), "punkt" (nltk) or "regex" (LoTLIP's re.split)
+    split_engine: str = "rules"
     extra_abbreviations: list[str] = field(default_factory=list)  # never split after these
     extra_titles: list[str] = field(default_factory=list)  # "Gen.", "Fr.": never end a sentence
 
@@ -76,9 +78,10 @@ class AssembleConfig:
             raise ValueError(f"{where}: formats {self.formats} must be a subset of {FORMATS}")
         if self.batch_size < 1:
             raise ValueError(f"{where}: batch_size must be >= 1")
-        if self.split_engine not in ("rules", "punkt"):
+        if self.split_engine not in ENGINES:
             raise ValueError(
-                f"{where}: split_engine must be rules or punkt, got {self.split_engine!r}"
+                f"{where}: split_engine must be one of {', '.join(ENGINES)}, "
+                f"got {self.split_engine!r}"
             )
 
 
@@ -105,8 +108,10 @@ def _valid_text(text: str | None) -> tuple[str | None, bool]:
 
 
 def clean_text(text: str) -> str:
-    """Drop chat-template artefacts and surrounding space; keep line breaks (they split)."""
-    return _ARTEFACTS.sub(" ", text).strip()
+    """An image's own caption (alt text) with chat artefacts turned into line breaks (they
+    split, `shards.text_rules`) and surrounding space dropped. Model captions get the whole
+    of `recaption.clean.clean_caption` instead."""
+    return break_at_artefacts(text).strip()
 
 
 def check_image(data: bytes, verify: bool = True) -> tuple[int, int, str]:
@@ -154,7 +159,7 @@ def _to_sample(inp: InputSample, cfg: AssembleConfig) -> S.Sample:
         sample.long_captions.append(_long_caption(model, entry, cfg))
     for model, text in sorted(inp.short_captions.items()):
         short, _ = _valid_text(text)
-        sample.short_captions.append({"model": model, "text": clean_text(short or "")})
+        sample.short_captions.append({"model": model, "text": clean_caption(short).text})
     has_long = any(lc.status == S.LONG_OK for lc in sample.long_captions)
     if not sample.caption and not has_long:
         return _fail(sample, S.FAIL_CAPTION_EMPTY, f"{inp.origin}: no caption and no long caption")
@@ -164,14 +169,19 @@ def _to_sample(inp: InputSample, cfg: AssembleConfig) -> S.Sample:
 
 
 def _long_caption(model: str, entry: dict[str, Any], cfg: AssembleConfig) -> S.LongCaption:
+    """One model's long caption, whatever its source (recaptioned, a released LoTLIP/DreamLIP
+    column, a manifest's `long_captions`): cleaned by `clean_caption`, its flags added to the
+    ones it came with (cleaning twice flags nothing new), then split."""
     text, ok = _valid_text(entry.get("text"))
+    finish_reason = entry.get("finish_reason")
+    cleaned = clean_caption(text, finish_reason)
     lc = S.LongCaption(
         model=model,
-        text=clean_text(text or ""),
+        text=cleaned.text,
         prompt=entry.get("prompt"),
-        finish_reason=entry.get("finish_reason"),
+        finish_reason=finish_reason,
         generated_tokens=entry.get("generated_tokens"),
-        flags=list(entry.get("flags") or []),
+        flags=sorted({*(entry.get("flags") or []), *cleaned.flags}),
         status=entry.get("status") or S.LONG_OK,
     )
     if lc.status != S.LONG_OK:

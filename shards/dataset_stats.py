@@ -3,6 +3,11 @@
 Reads each shard's `_stats.json` (exact histograms, so the merge is exact). A shard without one
 (written by an older tool, or its stats file lost) is counted from its Parquet metadata columns;
 image bytes are never read.
+
+`collect_stats(root, split_engine="regex")` re-splits the stored texts instead of using the
+stored sub-captions: it reads every shard's Parquet text columns (never images) and counts the
+sub-captions the chosen `shards.split` engine gives. With "regex" (LoTLIP's
+``re.split(r'\n|</s>|[.]')``) the sub-caption counts are comparable with LoTLIP's Table 1.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import pyarrow.compute as pc
 from shards import schema as S
 from shards.inputs import InputError
 from shards.shard_reader import read_shard_table
+from shards.split import ENGINES, split_caption
 from shards.stats import CONTEXT_LENGTHS, STATS_VERSION, ShardStats, TextGroup, merge_stats
 
 log = logging.getLogger(__name__)
@@ -41,9 +47,21 @@ def _np(array, fill) -> np.ndarray:
     return pc.fill_null(array, fill).to_numpy(zero_copy_only=False)
 
 
-def stats_from_parquet(parquet: Path) -> ShardStats:
-    """A shard's statistics from its Parquet metadata columns, vectorised (no image bytes)."""
-    table = read_shard_table(parquet, columns=_FALLBACK_COLUMNS)
+def _resplit_counts(texts: list[str | None], engine: str) -> np.ndarray:
+    """Sub-captions per text with `engine` (a Python loop: splitting is per text)."""
+    return np.fromiter(
+        (len(split_caption(t, engine)) if t else 0 for t in texts), np.int64, len(texts)
+    )
+
+
+def stats_from_parquet(parquet: Path, split_engine: str | None = None) -> ShardStats:
+    """A shard's statistics from its Parquet metadata columns, vectorised (no image bytes).
+
+    With `split_engine`, sub-captions are counted by re-splitting the stored texts (the
+    caption and every long caption) with that engine, not taken from the stored sub-captions.
+    """
+    columns = _FALLBACK_COLUMNS + (["long_captions.list.element.text"] if split_engine else [])
+    table = read_shard_table(parquet, columns=columns)
     st = ShardStats()
     st.shards = 1
     status = _np(table["status"], "")
@@ -53,14 +71,20 @@ def stats_from_parquet(parquet: Path) -> ShardStats:
     source = _np(table["source"], "unknown")
     has_caption = _np(pc.utf8_length(table["caption"]), 0) > 0
     raw_tokens = _np(table["caption_tokens"], 0)
-    raw_subs = np.maximum(_np(table["caption_subcaptions"], 1), 1)  # as ShardStats.add does
+    if split_engine:
+        raw_subs = np.maximum(_resplit_counts(table["caption"].to_pylist(), split_engine), 1)
+    else:
+        raw_subs = np.maximum(_np(table["caption_subcaptions"], 1), 1)  # as ShardStats.add does
     longs = table["long_captions"]
     flat = pc.list_flatten(longs)
     parent = pc.list_parent_indices(longs).to_numpy()
     model = _np(pc.struct_field(flat, "model"), "")
     lstatus = _np(pc.struct_field(flat, "status"), S.LONG_OK)
     tokens = _np(pc.struct_field(flat, "tokens"), 0)
-    subs = _np(pc.list_value_length(pc.struct_field(flat, "subcaption_tokens")), 0)
+    if split_engine:
+        subs = _resplit_counts(pc.struct_field(flat, "text").to_pylist(), split_engine)
+    else:
+        subs = _np(pc.list_value_length(pc.struct_field(flat, "subcaption_tokens")), 0)
     long_ok = ok[parent] & (lstatus == S.LONG_OK)
     for m, reason in zip(
         model[ok[parent] & ~long_ok].tolist(), lstatus[ok[parent] & ~long_ok].tolist(), strict=True
@@ -82,11 +106,17 @@ def stats_from_parquet(parquet: Path) -> ShardStats:
     return st
 
 
-def collect_stats(root: str | Path) -> ShardStats:
-    """Merge the statistics of every shard under `root` (searched recursively)."""
+def collect_stats(root: str | Path, split_engine: str | None = None) -> ShardStats:
+    """Merge the statistics of every shard under `root` (searched recursively).
+
+    `split_engine` ("rules", "punkt" or "regex") recounts sub-captions by re-splitting the texts
+    stored in each shard's Parquet file; None takes the counts stored at assembly.
+    """
     root = Path(root)
     if not root.is_dir():
         raise InputError(f"{root}: no such folder")
+    if split_engine is not None and split_engine not in ENGINES:
+        raise ValueError(f"split engine {split_engine!r}: expected one of {', '.join(ENGINES)}")
     parts: list[ShardStats] = []
     covered: set[Path] = set()
     for path in sorted(root.rglob("*_stats.json")):
@@ -97,16 +127,26 @@ def collect_stats(root: str | Path) -> ShardStats:
         if data.get("stats_version") != STATS_VERSION:
             # img2dataset writes NNNNN_stats.json too; it is not ours.
             continue
+        parquet = path.with_name(path.name[: -len("_stats.json")] + ".parquet")
+        covered.add(parquet)
+        if split_engine is not None:
+            if not parquet.exists():
+                raise InputError(
+                    f"{parquet}: missing; --split-engine re-splits the texts stored in each "
+                    "shard's Parquet file (shards built with --formats tar have none): "
+                    "rebuild with --formats parquet,tar or drop --split-engine"
+                )
+            parts.append(stats_from_parquet(parquet, split_engine))
+            continue
         try:
             parts.append(ShardStats.from_json(data))
         except (KeyError, TypeError, ValueError) as exc:
             raise InputError(f"{path}: malformed longcap stats ({exc!r})") from exc
-        covered.add(path.with_name(path.name[: -len("_stats.json")] + ".parquet"))
     for parquet in sorted(root.rglob("*.parquet")):
         if parquet in covered:
             continue
         try:
-            parts.append(stats_from_parquet(parquet))
+            parts.append(stats_from_parquet(parquet, split_engine))
             log.warning("%s: no stats file, counted from its Parquet metadata", parquet)
         except InputError:
             continue  # not a longcap shard (e.g. an img2dataset sidecar)
@@ -160,6 +200,10 @@ def format_report(report: dict[str, Any]) -> str:
     out = [
         f"{report['shards']} shards, {report['samples']:,} samples: "
         f"{report['images']:,} images, {report['failed']:,} failed",
+    ]
+    if report.get("split_engine"):
+        out.append(f"sub-captions re-split with engine {report['split_engine']!r}")
+    out += [
         "",
         line(header),
         line(["-" * w for w in widths]),

@@ -16,6 +16,10 @@ answer for each (the rule engine in `shards.split` spells the decision out):
 - numbered: "No. 7", "Vol. 2", "p. 14": an abbreviation only when a number follows;
 - units: "in.", "ft.", "oz." are abbreviations only after a number ("a 27 in. screen"),
   so that "a chair to sit in. Sunlight ..." still ends at "in.".
+
+Titles, street and company forms and connectives of other languages are in the same classes
+("Sra.", "Dott.", "Mme." never final; "Av.", "Pl.", "Cía." ordinary; "Nr." numbered; "z.B.",
+"bzw." never final; "usw." final-prone), as is any word ending in "str." (a German street).
 """
 
 from __future__ import annotations
@@ -23,29 +27,40 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
-from nltk.tokenize.punkt import _ORTHO_BEG_UC, _ORTHO_MID_LC, PunktParameters
+if TYPE_CHECKING:  # nltk costs a second to import; only engine "punkt" needs it
+    from nltk.tokenize.punkt import PunktParameters
 
 NEVER_FINAL: frozenset[str] = frozenset(
     # titles, military ranks and name prefixes
     "mr mrs ms mx dr prof rev hon lt col gen capt cpt sgt cpl maj adm cmdr sen gov pres "
     "messrs mme mlle mt "
-    # connectives that always continue the sentence
-    "e.g eg i.e ie vs v.s approx appr cf viz ca esp incl excl resp".split()
+    # titles of other languages: Spanish, Portuguese, Italian, German, French
+    "sra srta dña dn dott dott.ssa sig sig.ra sig.na avv ing fr mons "
+    # connectives that always continue the sentence, English and others ("z.B." = "e.g.",
+    # "bzw." = "or rather", "d.h." = "i.e.", "vgl." = "cf.")
+    "e.g eg i.e ie vs v.s approx appr cf viz ca esp incl excl resp z.b bzw d.h u.a vgl".split()
 )
 
 ORDINARY: frozenset[str] = frozenset(
     # companies, names, places
     "inc ltd co corp bros jr sr st ave blvd rd ln hwy sq dept univ assn est al "
+    # streets and companies of other languages ("Av. Paulista", "Pl. Mayor", "Cía.", "Ltda.");
+    # German street names ending in "str." ("Hauptstr. 12") are handled by suffix
+    "av avda pl pza pça str bd cía cia ltda "
     # dotted acronyms that also occur at a sentence end
     "u.s u.k u.n u.s.a e.u d.c n.y l.a u.a.e ph.d m.d b.a m.a b.c a.d r.i.p "
     # months (not "may", "mar" or day names, which are ordinary words too)
     "jan feb apr jun jul aug sep sept oct nov dec".split()
 )
 
-FINAL_PRONE: frozenset[str] = frozenset({"etc", "a.m", "p.m"})
+FINAL_PRONE: frozenset[str] = frozenset({"etc", "a.m", "p.m", "usw"})
 
-NUMBERED: frozenset[str] = frozenset("no nos vol vols pp p fig figs ch sec art ex tel".split())
+NUMBERED: frozenset[str] = frozenset("no nos nr vol vols pp p fig figs ch sec art ex tel".split())
+
+# A word ending in one of these is an abbreviation of its class ("Bahnhofstr." is a street).
+STREET_SUFFIXES: tuple[str, ...] = ("str",)
 
 # Only the units written with a period in running text (US style). Metric units and "mph" take
 # none, so "25 mph. Cars ..." is two sentences like any "word. Capital".
@@ -69,6 +84,16 @@ STARTERS: frozenset[str] = frozenset(
     Possibly Likely Notably Interestingly Visible Prominently Dominating Standing Sitting Lying
     Hanging Placed Positioned Located Situated Scattered Judging Given Based Due Apart Aside
     Adjacent Opposite Off Up Down Out Yes Closer
+    """.split()
+)
+
+
+# Starters that as often continue a sentence after an abbreviation ("etc. to stay warm"): in
+# lowercase output, where capitals give no evidence, they do not start one after "etc.".
+WEAK_STARTERS: frozenset[str] = frozenset(
+    """
+    In On At To From With Without By For Of As Above Below Behind Beside Under Over Near Along
+    Across Against Among Between Inside Outside Within Toward Towards Around
     """.split()
 )
 
@@ -127,6 +152,8 @@ class Lexicon:
         case mid-sentence", which makes Punkt's orthographic heuristic call them sentence starts
         after an abbreviation, and keeps its initials heuristic ("J. R. Turner") from firing.
         """
+        from nltk.tokenize.punkt import _ORTHO_BEG_UC, _ORTHO_MID_LC, PunktParameters
+
         params = PunktParameters()
         params.abbrev_types = set(self.abbreviations)
         params.sent_starters = {w.lower() for w in self.starters}

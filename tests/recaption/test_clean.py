@@ -64,6 +64,14 @@ SPLIT_CASES = Path(__file__).parent.parent / "shards" / "data" / "split_cases.js
         ("A sign (", "A sign"),
         ('He said "hi"', 'He said "hi"'),
         ("The kids' toys.", "The kids' toys."),
+        # a marker between sentences is a boundary (a line break), never a space
+        ("The dog runs</s>The cat sleeps", "The dog runs\nThe cat sleeps"),
+        ("A cat.<|eot_id|>A dog.<|endoftext|>", "A cat.\nA dog."),
+        # emphasis marks of either kind; identifiers keep their underscores
+        (
+            "A _red_ car and a *blue* bus near IMG_2041.JPG.",
+            "A red car and a blue bus near IMG_2041.JPG.",
+        ),
         # only artefacts
         ("</s>", ""),
         ("<|im_start|>assistant\n<|im_end|>", ""),

@@ -121,5 +121,56 @@ def test_splitter_options_reach_the_split():
     assert plain.split(text) == ["Meet Zqx.", "The dog runs."]
     assert titled.split(text) == ["Meet Zqx. The dog runs."]
     assert A.AssembleConfig(split_engine="punkt").split("A cat. A dog.") == ["A cat.", "A dog."]
-    with pytest.raises(ValueError, match="split_engine"):
-        A.AssembleConfig(split_engine="regex").validate()
+    # LoTLIP's split is an engine too: it cuts "Dr." and "3.5", as LoTLIP's loaders do.
+    regex = A.AssembleConfig(split_engine="regex")
+    regex.validate()
+    assert regex.split("Dr. Lee runs 3.5 km.\nA dog</s>") == ["Dr", "Lee runs 3", "5 km", "A dog"]
+    with pytest.raises(ValueError, match="split_engine must be one of rules, punkt, regex"):
+        A.AssembleConfig(split_engine="spacy").validate()
+
+
+def _one_sample_manifest(tmp_path, long_captions: dict, caption: str = "a photo") -> object:
+    from tests.shards.helpers import png_bytes
+
+    img = tmp_path / "a.png"
+    img.write_bytes(png_bytes())
+    manifest = tmp_path / "m.jsonl"
+    row = {"key": "a", "image": str(img), "caption": caption, "long_captions": long_captions}
+    manifest.write_text(json.dumps(row) + "\n")
+    return manifest
+
+
+def test_chat_markers_are_sentence_boundaries(tmp_path):
+    """A marker between two sentences splits them; it never becomes a space that merges them."""
+    manifest = _one_sample_manifest(
+        tmp_path,
+        {"llava": {"text": "The dog runs</s>The cat sleeps<|im_end|>A bird sings<|eot_id|>"}},
+        caption="A dog<|endoftext|>A cat",
+    )
+    A.assemble(manifest, tmp_path / "out")
+    row = _table(tmp_path / "out").to_pylist()[0]
+    (lc,) = row["long_captions"]
+    assert lc["subcaptions"] == ["The dog runs", "The cat sleeps", "A bird sings"]
+    assert row["caption"] == "A dog\nA cat" and row["caption_subcaptions"] == 2
+
+
+def test_released_captions_are_cleaned_and_flagged(tmp_path):
+    """clean_caption runs on a manifest's (or a released CSV's) long captions like on
+    recaptioned ones: loops cut, preambles dropped, its flags recorded next to the given ones."""
+    loop = "A street. " + "There is a car, a car, a car, a car, a car, a car."
+    manifest = _one_sample_manifest(
+        tmp_path,
+        {
+            "dreamlip_llava": {"text": "Sure! Here is a detailed description of the image: A cat."},
+            "lotlip_loop": {"text": loop, "flags": ["released"]},
+            "cut": {"text": "A dog sits. The dog is", "finish_reason": "length"},
+        },
+    )
+    A.assemble(manifest, tmp_path / "out")
+    (row,) = _table(tmp_path / "out").to_pylist()
+    got = {lc["model"]: (lc["text"], lc["flags"]) for lc in row["long_captions"]}
+    assert got == {
+        "cut": ("A dog sits.", ["truncated"]),
+        "dreamlip_llava": ("A cat.", []),
+        "lotlip_loop": ("A street.", ["released", "repetition"]),
+    }

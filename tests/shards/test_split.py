@@ -4,6 +4,11 @@ The hand-labelled set is tests/shards/data/split_cases.jsonl: one MLLM-style cap
 its category and the sub-captions a careful reader would cut it into (list markers, `**` and
 model artefacts dropped; see the `shards.split` docstring). The "holdout" category was written
 after the rules were frozen.
+
+tests/shards/data/split_cases_unlike.jsonl holds MLLM text unlike that set (issue 8): lowercase
+output, brands and digits at a sentence start, abbreviations of other languages, URLs at a
+sentence end, emoticons, markdown. Its "set" field says "dev" (written while the rules were
+improved) or "blind" (written after they were frozen; scored once, see docs/BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -23,6 +28,11 @@ DATA = Path(__file__).parent / "data" / "split_cases.jsonl"
 CASES: list[dict] = [json.loads(x) for x in DATA.read_text("utf-8").splitlines() if x.strip()]
 ALL_CASES: list[tuple[str, list[str]]] = [(c["text"], c["expected"]) for c in CASES]
 CATEGORIES = sorted({c["category"] for c in CASES})
+UNLIKE: list[dict] = [
+    json.loads(x)
+    for x in (DATA.parent / "split_cases_unlike.jsonl").read_text("utf-8").splitlines()
+    if x.strip()
+]
 
 
 def regex_baseline(text: str) -> list[str]:
@@ -113,6 +123,7 @@ CUTS = {
 }
 EXACT = {
     "end_token": ("A cat on a sofa.</s>", ["A cat on a sofa."]),
+    "marker_between": ("The dog runs</s>The cat sleeps", ["The dog runs", "The cat sleeps"]),
     "chat_tokens": ("<|im_start|>assistant\nA red car.<|im_end|>", ["A red car."]),
     "role": ("ASSISTANT: A red car. It is new.", ["A red car.", "It is new."]),
     "md_role": ("### Assistant: A red car.", ["A red car."]),
@@ -158,16 +169,17 @@ def test_unknown_engine():
 
 
 def test_config_extends_lexicon():
-    text = "It is on Market Pl. Cafe Rouge is next door."
+    # "Pl." and "Fr." joined the default lexicon; "Plz." and "Bro." are not in it.
+    text = "It is on Market Plz. Cafe Rouge is next door."
     assert len(split_caption(text)) == 2
-    pl = SplitterConfig(extra_abbreviations=["Pl."])
+    pl = SplitterConfig(extra_abbreviations=["Plz."])
     assert split_caption(text, config=pl) == [text]
-    starters = SplitterConfig(extra_abbreviations={"pl"}, extra_starters={"Cafe"})
+    starters = SplitterConfig(extra_abbreviations={"plz"}, extra_starters={"Cafe"})
     assert len(split_caption(text, config=starters)) == 2
     assert len(split_caption(text, engine="punkt", config=starters)) == 2
-    title = "Fr. Brown blesses the crowd."
+    title = "Bro. Brown blesses the crowd."
     assert len(split_caption(title)) == 2
-    assert split_caption(title, config=SplitterConfig(extra_titles=["FR."])) == [title]
+    assert split_caption(title, config=SplitterConfig(extra_titles=["BRO."])) == [title]
     assert split_caption("**A** cat.", config=SplitterConfig(strip_markdown=False)) == [
         "**A** cat."
     ]
@@ -228,3 +240,66 @@ def test_fuzz_never_fails():
         for engine in ("rules", "punkt"):
             pieces = split_caption(text, engine=engine)
             assert all(p and p == p.strip() and "\n" not in p for p in pieces), (text, pieces)
+
+
+def test_sentence_ends_are_offsets_the_cleaner_can_cut_at():
+    from shards.split import sentence_ends
+
+    text = "Dr. Lee runs 3.5 km. It was made in the U.S.\n1. A cup. Built by Dr."
+    ends = sentence_ends(text)
+    # The line break after "U.S." is a boundary too, at the same offset as the sentence end.
+    assert [text[:e].rsplit(" ", 1)[-1] for e in ends] == ["km.", "U.S.", "U.S.", "cup."]
+    assert ends == sorted(ends) and text.index("\n") in ends
+
+
+def test_regex_engine_is_lotlip_split():
+    text = "Dr. Lee runs 3.5 km.\nA dog</s>\n<|im_end|> e.g. here"
+    assert split_caption(text, engine="regex") == regex_baseline(text)
+    assert split_caption("", engine="regex") == []
+
+
+def test_unlike_set_size():
+    counts = Counter((c["set"], c["category"]) for c in UNLIKE)
+    assert sum(n for (s, _), n in counts.items() if s == "blind") >= 40
+    assert {cat for _, cat in counts} == {
+        "brand_digit",
+        "emoticon",
+        "foreign_abbrev",
+        "lowercase",
+        "markdown",
+        "url_end",
+    }
+
+
+@pytest.mark.parametrize("category", sorted({c["category"] for c in UNLIKE}))
+def test_text_unlike_the_test_set(category):
+    cases = [(c["text"], c["expected"]) for c in UNLIKE if c["category"] == category]
+    rate, misses = exact_rate(split_caption, cases)
+    for text, got, expected in misses:
+        print(f"MISS {text!r}\n  got      {got}\n  expected {expected}")
+    assert rate >= 0.9, misses
+
+
+def test_text_unlike_the_test_set_overall():
+    rate, _ = exact_rate(split_caption, [(c["text"], c["expected"]) for c in UNLIKE])
+    assert rate >= 0.95
+
+
+@pytest.mark.parametrize(
+    ("text", "n"),
+    [
+        # lowercase output is cut; a proper noun inside it does not switch that off
+        ("a dog in paris. a cat on a roof.", 2),
+        ("a dog in Paris. a cat on a roof.", 2),
+        # ... but one capitalised sentence means lower case words do not start sentences
+        ("A dog runs. the end of the leash is red.", 1),
+        # emoticons: a sentence end only before a new sentence, never inside a time or a URL
+        ("The clock shows 10:30 :) It is late.", 2),
+        ("Visit https://example.org now.", 1),
+        ("The note says: (a) call home.", 1),
+        # German street by suffix, only before a number or a non-starter
+        ("The shop is at Bahnhofstr. 7 near the station.", 1),
+    ],
+)
+def test_unlike_rules(text, n):
+    assert len(split_caption(text)) == n, split_caption(text)
