@@ -26,7 +26,7 @@ import html
 import re
 import unicodedata
 
-LOTLIP_SPLIT = re.compile(r"\n|</s>|[.]")
+from shards.split import lotlip_split
 
 # ftfy's uncurl_quotes and fix_latin_ligatures (ftfy/chardata.py), for when ftfy is absent.
 _SINGLE_QUOTES = re.compile("[\u02bc\u2018-\u201b]")
@@ -68,15 +68,10 @@ def clean_text(text: str) -> str:
     return " ".join(text.split())
 
 
-def split_caption(text: str) -> list[str]:
-    """LoTLIP's `split_caption`: the stripped, non-empty parts of `re.split('\\n|</s>|[.]')`."""
-    return [p.strip() for p in LOTLIP_SPLIT.split(text) if p.strip()]
-
-
 def long_text_pieces(caption: str) -> list[str]:
     """A long benchmark caption as LoTLIP tokenizes it: one piece per sub-caption, each followed
     by [SEP] (`'. '.join(split_caption(caption))` then '. ' -> [SEP])."""
-    return [clean_text(p) for p in split_caption(caption)]
+    return [clean_text(p) for p in lotlip_split(caption)]
 
 
 def short_text_pieces(text: str) -> list[str]:
