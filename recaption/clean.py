@@ -334,9 +334,41 @@ def _loop_index(
     if _MARK * long_ngram in masked and len(plain) >= long_ngram + need - 1:
         grams = Counter([plain[i : i + long_ngram] for i in range(len(plain) - long_ngram + 1)])
         for gram, c in grams.items():
-            if c >= need:
+            if c >= need and _cycles_alike(plain, gram):
                 found.append(plain.find(gram, plain.find(gram) + 1))
     return min(found, default=None)
+
+
+def _cycles_alike(plain: str, gram: str) -> bool:
+    """Whether the stretches between successive occurrences of `gram` repeat each other, as a
+    generation loop's cycles do: median similarity of neighbouring stretches >= 0.8, or >= 0.9
+    for stretches of more than 12 words (a long cycle must come back almost verbatim).
+
+    A caption that describes several objects with one template ("A red circle is located in the
+    upper left of the frame, covering approx. 3% of the picture. A green square is located ...")
+    repeats a long n-gram once per object, but what lies between the repeats (colour, shape,
+    place, size: several words of a long stretch) changes; a loop ("a man wearing a blue hat and
+    a bag, a man wearing a blue hat and shoes, ...") changes a word or two of a short one.
+    """
+    from difflib import SequenceMatcher
+    from statistics import median
+
+    starts, i = [], plain.find(gram)
+    while i >= 0:
+        starts.append(i)
+        i = plain.find(gram, i + len(gram))
+    cycles = [plain[a:b] for a, b in zip(starts, starts[1:], strict=False)]
+    ratios = [
+        SequenceMatcher(None, a, b, autojunk=False).ratio()
+        for a, b in zip(cycles, cycles[1:], strict=False)
+    ]
+    if not ratios:
+        return False
+    long_cycle = median(len(c) for c in cycles) > _SHORT_CYCLE_WORDS
+    return median(ratios) >= (0.9 if long_cycle else 0.8)
+
+
+_SHORT_CYCLE_WORDS = 12
 
 
 def _cut_at_loop(text: str, loop_start: int) -> str:

@@ -177,6 +177,13 @@ def test_cut_repetition_loops(raw: str, expected: str) -> None:
         "On the left side of the room is a desk. On the right side of the room is a bed.",
         "Bye bye, said the sign.",
         "The dog is happy. It is a happy dog.",
+        # one template per object: a long n-gram recurs, but what lies between changes
+        "The image features 4 simple geometric shapes on a grey background. A purple bar is "
+        "located in the upper right of the frame, covering approx. 3.2% of the picture. A green "
+        "circle is located in the lower right of the frame, covering approx. 15.7% of the "
+        "picture. A white triangle is located in the upper left of the frame, covering approx. "
+        "9.4% of the picture. A red square is located in the center of the frame, covering "
+        "approx. 6.1% of the picture.",
         "",
     ],
 )
