@@ -168,9 +168,10 @@ def add_train_commands(sub) -> None:
     p.add_argument("--window", type=int, default=1, help="m consecutive sub-captions per window")
     p.add_argument(
         "--mode",
-        default="one_model",
-        choices=["one_model", "across_models"],
-        help="windows from one model's caption per text, or from every model's",
+        default="across_models",
+        choices=["across_models", "one_model"],
+        help="windows from every model's caption (default: what fills the context), or from "
+        "one model's caption per text",
     )
     p.add_argument(
         "--long-texts",

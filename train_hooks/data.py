@@ -36,8 +36,8 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from train_hooks.sampling import (
+    ACROSS_MODELS,
     FILL,
-    ONE_MODEL,
     TextSpec,
     sample_seed,
     short_texts,
@@ -201,7 +201,7 @@ class StreamConfig:
     text_mode: str = FILL  # fill | dreamlip | k (train_hooks/sampling.py)
     subcaptions: int = 4  # k (k mode)
     window: int = 1  # m consecutive sub-captions per window
-    mode: str = ONE_MODEL  # one_model | across_models
+    mode: str = ACROSS_MODELS  # across_models | one_model
     models: tuple[str, ...] | None = None
     long_texts: int = 1  # T
     mllm_short_texts: int = 0  # n extra short texts from the MLLMs' short captions

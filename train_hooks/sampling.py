@@ -58,7 +58,7 @@ class TextSpec:
     mode: str = FILL
     k: int = 4  # k mode: windows per text
     m: int = 1  # consecutive sub-captions per window (DreamLIP's `merged_num`)
-    source: str = ONE_MODEL  # one_model | across_models
+    source: str = ACROSS_MODELS  # across_models (fills the context) | one_model
     texts: int = 1  # T long texts per image (DreamLIP's `num_text` in dreamlip mode)
     budget: int | None = None  # fill: tokens for pieces and their [SEP]s
     models: tuple[str, ...] | None = None  # only these models' captions

@@ -30,7 +30,7 @@ import torch
 from train_hooks.data import StreamConfig, list_shards, make_loader
 from train_hooks.loss import LoTLIPLoss
 from train_hooks.model import build_model, preset
-from train_hooks.sampling import FILL, ONE_MODEL
+from train_hooks.sampling import ACROSS_MODELS, FILL
 from train_hooks.tokenizer import CornerTokenizer
 
 
@@ -45,7 +45,7 @@ class TrainConfig:
     text_mode: str = FILL  # fill | dreamlip | k (train_hooks/sampling.py)
     subcaptions: int = 4  # k (k mode only)
     window: int = 1  # m
-    mode: str = ONE_MODEL  # one_model | across_models
+    mode: str = ACROSS_MODELS  # across_models (fills the context) | one_model
     long_texts: int = 1  # T long texts per image, each [CLS] + K corners in the loss
     mllm_short_texts: int = 0  # extra short texts per image from the MLLMs' short captions
     dreamlip_off_by_one: bool = False  # dreamlip mode: DreamLIP's start range, for comparisons
