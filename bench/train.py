@@ -168,10 +168,23 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--captioners", type=int, default=3, choices=[1, 2, 3])
     ap.add_argument("--skip-loader", action="store_true", help="only texts and step times")
+    ap.add_argument(
+        "--shards",
+        type=Path,
+        help="measure texts and loader on these shards (e.g. demo_out/build/shards from `make "
+        "demo`) instead of generated ones",
+    )
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         size = 64 if args.skip_loader else 256
-        shards = build_shards(Path(tmp), args.images, args.captioners, size)
+        if args.shards:
+            from train_hooks.data import list_shards
+
+            shards = args.shards
+            args.images = sum(s.count for s in list_shards(shards))
+            args.captioners = "all"
+        else:
+            shards = build_shards(Path(tmp), args.images, args.captioners, size)
         if not args.skip_loader:
             a = (args.batches, args.batch_size, args.image_size, args.workers)
             base = webdataset_rate(shards, *a)

@@ -9,8 +9,10 @@
    counted) as soon as both models are done, and the statistics are printed and saved;
 4. train a tiny corner-token model on the result and print retrieval R@1 before and after.
 The tiny models' weights are random, so their captions are gibberish: they prove the machinery,
-not caption quality. Training uses the URL list's own long captions (column `longLLA_captions`,
-read as model `llava-1.5`), which describe the images.
+not caption quality. Training uses the URL list's own long captions (columns `longLLA_captions`,
+`longIB_captions`, `longSV_captions`, read as models `llava-1.5`, `instructblip`, `sharegpt4v`, as
+in DreamLIP's released lists), which describe the images; their fill texts take about 90% of the
+192-token context.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-LIST_MODELS = ["llava-1.5"]
+LIST_MODELS = ["llava-1.5", "instructblip", "sharegpt4v"]
 
 
 def write_build_config(path: Path, url_list: Path, output: Path, models: dict[str, Path]) -> Path:

@@ -37,41 +37,48 @@ def serve(folder: str | Path) -> Iterator[str]:
         httpd.server_close()
 
 
+# The long-caption columns of DreamLIP's/LoTLIP's released lists (LLaVA-1.5, InstructBLIP,
+# ShareGPT4V), read as models by shards.inputs.RELEASED_LONG_COLUMNS. make_sample writes the
+# first in its LLaVA style, the others as numbered lists.
+LIST_LONG_COLUMNS = ("longLLA_captions", "longIB_captions", "longSV_captions")
+
+
 def make_url_list(folder: str | Path, base_url: str, n: int = 40, bad_rows: bool = True) -> Path:
-    """Images under folder/www, and folder/urls.csv (url, caption, longLLA_captions) of them."""
+    """Images under folder/www, and folder/urls.csv of them, shaped like DreamLIP's released lists:
+    url, caption, and three long captions per image (LIST_LONG_COLUMNS)."""
     from PIL import Image
 
     from pipeline.sample_data import make_sample
 
     folder = Path(folder)
     www = folder / "www"
-    manifest = make_sample(www, n=n, size=96, bad_rows=False)
+    manifest = make_sample(www, n=n, size=96, bad_rows=False, models=LIST_LONG_COLUMNS)
     rows = [json.loads(line) for line in manifest.read_text().splitlines()]
-    lines = ["url,caption,longLLA_captions"]
+    lines = [",".join(["url", "caption", *LIST_LONG_COLUMNS])]
 
     def esc(text: str) -> str:
         return '"' + text.replace('"', '""') + '"'
 
     for r in rows:
-        lines.append(
-            f"{base_url}/{r['image_path']},{esc(r['caption'])},{esc(r['long_captions']['llava'])}"
-        )
+        longs = [esc(r["long_captions"][c]) for c in LIST_LONG_COLUMNS]
+        lines.append(",".join([f"{base_url}/{r['image_path']}", esc(r["caption"]), *longs]))
     raw = "\n".join(lines).encode() + b"\n"
     if bad_rows:
         (www / "page.jpg").write_text("<html><body>not an image</body></html>")
         Image.new("RGB", (1, 1), (255, 0, 0)).save(www / "pixel.png")
         # 30,000 px wide but a few KB: a PNG of one colour compresses to almost nothing.
         Image.new("L", (30000, 2), 128).save(www / "wide.png")
+        empty = "," * len(LIST_LONG_COLUMNS)
         bad = [
-            f"{base_url}/missing.jpg,a file that is not there,",
-            f"{base_url}/{rows[0]['image_path']},the same URL again,",
-            ",a row without a URL,",
-            f"{base_url}/page.jpg,an html page,",
-            f"{base_url}/pixel.png,one pixel,",
-            f"{base_url}/wide.png,a very wide image,",
+            f"{base_url}/missing.jpg,a file that is not there{empty}",
+            f"{base_url}/{rows[0]['image_path']},the same URL again{empty}",
+            f",a row without a URL{empty}",
+            f"{base_url}/page.jpg,an html page{empty}",
+            f"{base_url}/pixel.png,one pixel{empty}",
+            f"{base_url}/wide.png,a very wide image{empty}",
         ]
         raw += "\n".join(bad).encode() + b"\n"
-        raw += f"{base_url}/images/{0:06d}.jpg?v=2,caf\xe9 in latin-1,\n".encode().replace(
+        raw += f"{base_url}/images/{0:06d}.jpg?v=2,caf\xe9 in latin-1{empty}\n".encode().replace(
             "caf\xe9".encode(), b"caf\xe9"
         )
     path = folder / "urls.csv"
