@@ -129,10 +129,17 @@ def test_fill_one_model_takes_one_caption_per_text():
     a, b = ["a0.", "a1.", "a2."], ["b0.", "b1.", "b2."]
     picked = set()
     for seed in range(30):
-        (text,) = training_texts(caps(a, b), TextSpec(mode=FILL, budget=100), seed, words)
+        spec = TextSpec(mode=FILL, budget=100, source=ONE_MODEL)
+        (text,) = training_texts(caps(a, b), spec, seed, words)
         assert text in (a, b)
         picked.add(text[0][0])
     assert picked == {"a", "b"}
+
+
+def test_default_source_pools_every_caption():
+    a, b = ["a0.", "a1.", "a2."], ["b0.", "b1.", "b2."]
+    (text,) = training_texts(caps(a, b), TextSpec(mode=FILL, budget=100), 0, words)
+    assert text == a + b  # the budget holds both captions: the default fill takes them all
 
 
 def test_fill_single_subcaption_over_the_budget():
@@ -257,7 +264,7 @@ def test_long_texts_prefer_fresh_subcaptions():
     for seed in range(30):
         t1, t2 = training_texts(caps(SUBS), spec, seed)
         assert not set(t1) & set(t2)  # six sub-captions: two disjoint texts of three
-    spec = TextSpec(mode=FILL, budget=100, texts=2)
+    spec = TextSpec(mode=FILL, budget=100, texts=2, source=ONE_MODEL)
     t1, t2 = training_texts(caps(SUBS[:3], SUBS[3:]), spec, 0, words)
     assert sorted([t1, t2]) == [SUBS[:3], SUBS[3:]]  # one model per text, both used
     # Fill tops a text up with used sub-captions when the fresh ones run out.
