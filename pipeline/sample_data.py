@@ -68,6 +68,11 @@ def _raw_caption(rng: random.Random, shapes: list[dict[str, Any]]) -> str:
     return rng.choice(forms)
 
 
+# Caption styles of the sample's long captions, one per model in turn: LLaVA-like sentences,
+# a Qwen-like numbered list, a ShareGPT4V-like paragraph.
+STYLES = ("llava", "qwen", "prose")
+
+
 def _long_caption(rng: random.Random, shapes, bg: str, style: str) -> str:
     n = len(shapes)
     if style == "llava":
@@ -88,6 +93,16 @@ def _long_caption(rng: random.Random, shapes, bg: str, style: str) -> str:
                 ]
             )
         )
+        return " ".join(parts)
+    if style == "prose":
+        # A ShareGPT4V-style paragraph: the objects in running prose, sizes in words.
+        s = "s" * (n > 1)
+        parts = [f"In this image, {n} flat shape{s} stand out against a plain {bg} backdrop."]
+        for i, s in enumerate(shapes):
+            size = "large" if s["size"] > 0.3 else "small" if s["size"] < 0.18 else "medium-sized"
+            lead = "First, there is" if i == 0 else rng.choice(["There is also", "Next to it is"])
+            parts.append(f"{lead} a {size} {s['color']} {s['shape']} toward the {s['where']}.")
+        parts.append(rng.choice(["The style is clean and graphic.", "Nothing else is shown."]))
         return " ".join(parts)
     # A Qwen-style answer with a numbered list.
     lines = [f"This picture shows {n} shape{'s' * (n > 1)} on a {bg} background:"]
@@ -124,8 +139,7 @@ def make_sample(
         rel = f"images/{i:06d}.jpg"
         img.save(out / rel, format="JPEG", quality=90)
         longs = {
-            m: _long_caption(rng, shapes, bg, "llava" if k == 0 else "qwen")
-            for k, m in enumerate(models)
+            m: _long_caption(rng, shapes, bg, STYLES[k % len(STYLES)]) for k, m in enumerate(models)
         }
         rows.append(
             {

@@ -159,22 +159,34 @@ def _cells(w: _Window) -> set[tuple[int, int]]:
 
 
 def _fill(
-    rng: random.Random, windows: list[_Window], used: set[tuple[int, int]], budget: int
+    rng: random.Random,
+    windows: list[_Window],
+    used: set[tuple[int, int]],
+    budget: int,
+    subs: list[list[str]],
 ) -> list[_Window]:
     """Disjoint windows in random order, fresh ones (no sub-caption in `used`) first, each
-    taken when it fits the room left, until none fits; returned in caption order."""
+    taken when it fits the room left and repeats no sentence already in the text (two
+    captioners often write the same one, e.g. "No text is visible."), until none fits;
+    returned in caption order."""
     order = list(windows)
     rng.shuffle(order)
     # A stable sort on staleness keeps the random order inside each group.
     order.sort(key=lambda w: _overlaps(w, used))
     taken: set[tuple[int, int]] = set()
+    said: set[str] = set()
     chosen: list[_Window] = []
     left = budget
     for w in order:
-        if w.cost <= left and not _overlaps(w, taken):
-            chosen.append(w)
-            taken |= _cells(w)
-            left -= w.cost
+        if w.cost > left or _overlaps(w, taken):
+            continue
+        sentences = {" ".join(subs[w.cap][i].lower().split()) for i in range(w.start, w.stop)}
+        if sentences & said:
+            continue
+        chosen.append(w)
+        taken |= _cells(w)
+        said |= sentences
+        left -= w.cost
     if not chosen and order:
         # Not even one window fits: one sub-caption (the tokenizer cuts it), not an empty text.
         w = order[0]
@@ -270,7 +282,7 @@ def training_texts(
     for owned in per_text:
         windows = _windows(subs, toks, owned, spec.m)
         if spec.mode == FILL:
-            chosen = _fill(rng, windows, used, spec.budget or 0)
+            chosen = _fill(rng, windows, used, spec.budget or 0, subs)
         else:
             chosen = _k_windows(rng, windows, used, spec.k)
         used.update((w.cap, i) for w in chosen for i in range(w.start, w.stop))

@@ -142,6 +142,14 @@ def test_default_source_pools_every_caption():
     assert text == a + b  # the budget holds both captions: the default fill takes them all
 
 
+def test_fill_never_repeats_a_sentence_two_captioners_wrote():
+    a, b = ["A red circle.", "No text is visible."], ["A blue square.", "No  text is visible."]
+    for seed in range(20):
+        (text,) = training_texts(caps(a, b), TextSpec(mode=FILL, budget=100), seed, words)
+        said = sorted(" ".join(t.lower().split()) for t in text)
+        assert said == ["a blue square.", "a red circle.", "no text is visible."]
+
+
 def test_fill_single_subcaption_over_the_budget():
     longs = caps(["one two three four five six seven."])
     (text,) = training_texts(longs, TextSpec(mode=FILL, budget=3), 0, words)
