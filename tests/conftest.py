@@ -59,6 +59,22 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _wait_for_job_agent(ray_bin: Path, dashboard: str, env: dict, head, deadline: float) -> None:
+    """Submit a no-op job until the head's job agent takes it: the dashboard answers before the
+    agent has registered, and a submission then fails with "No available agent to submit job"
+    (seen on a loaded 2-core machine)."""
+    cmd = [str(ray_bin), "job", "submit", "--address", dashboard, "--", sys.executable, "-c", "0"]
+    while True:
+        r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+        if r.returncode == 0:
+            return
+        out = r.stdout + r.stderr
+        if "No available agent" not in out or head.poll() is not None or time.time() > deadline:
+            head.kill()
+            pytest.fail(f"ray head's job agent did not come up: {out[-2000:]}")
+        time.sleep(2)
+
+
 @pytest.fixture(scope="session")
 def ray_head(tmp_path_factory):
     """`ray start --head --block` on 127.0.0.1 with free ports, ended after the session.
@@ -90,6 +106,7 @@ def ray_head(tmp_path_factory):
                 head.kill()
                 pytest.fail(f"ray head did not start: {(temp / 'head.log').read_text()[-2000:]}")
             time.sleep(1)
+    _wait_for_job_agent(ray_bin, dashboard, env, head, time.time() + 120)
     yield {"address": f"127.0.0.1:{port}", "dashboard": dashboard, "env": env}
     head.terminate()
     try:
