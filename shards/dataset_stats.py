@@ -188,8 +188,8 @@ def caption_accuracy(root: str | Path) -> dict[str, Any] | None:
     {"images": images with truth, "unreadable_truth": n, "by_model": {model: score},
     "raw": score of the raw captions}, each score `toyworld.score.CaptionScore.to_json()`:
     truth objects, mentions, correct (shape + colour + cell), correct_with_size, misplaced,
-    hallucinated, recall, hallucination_rate, background_accuracy. Failed samples and long
-    captions whose status is not ok are not scored."""
+    hallucinated, recall, hallucination_rate, misplaced_rate, background_accuracy. Failed
+    samples and long captions whose status is not ok are not scored."""
     pairs: list[tuple[str, str, Any]] = []
     images = unreadable = 0
     found = False
@@ -239,7 +239,8 @@ def _pct(value: float | None) -> str:
 
 def format_accuracy(accuracy: dict[str, Any]) -> list[str]:
     """The caption accuracy section of the stats report, as lines."""
-    header = ["", "captions", "objects", "mentions", "correct", "+size", "halluc.", "background"]
+    header = ["", "captions", "objects", "mentions", "correct", "+size", "halluc.", "misplaced"]
+    header.append("background")
     groups = dict(accuracy["by_model"])
     if accuracy.get("raw"):
         groups["raw captions"] = accuracy["raw"]
@@ -252,6 +253,7 @@ def format_accuracy(accuracy: dict[str, Any]) -> list[str]:
             _pct(s["recall"]),
             _pct(s["size_recall"]),
             _pct(s["hallucination_rate"]),
+            _pct(s["misplaced_rate"]),
             _pct(s["background_accuracy"]),
         ]
         for name, s in groups.items()
@@ -265,7 +267,8 @@ def format_accuracy(accuracy: dict[str, Any]) -> list[str]:
     out = [
         f"caption accuracy against truth ({accuracy['images']:,} images with truth)",
         "  correct: truth objects named with shape + colour + cell (+size: and size);",
-        "  halluc.: mentions that match no object of the scene",
+        "  halluc.: mentions that match no object of the scene; misplaced: mentions of an object",
+        "  of the scene in the wrong cell or in none (both as a share of mentions)",
         line(header),
         line(["-" * w for w in widths]),
         *(line(r) for r in rows),

@@ -139,6 +139,8 @@ class CaptionScore:
         out: dict[str, Any] = {name: getattr(self, name) for name in self.__dataclass_fields__}
         out["recall"] = self.recall
         out["hallucination_rate"] = self.hallucination_rate
+        # Hallucinated + misplaced is the stricter count: mentions that are not right as said.
+        out["misplaced_rate"] = self.misplaced / self.mentions if self.mentions else None
         out["size_recall"] = (
             self.correct_with_size / self.truth_objects if self.truth_objects else None
         )

@@ -106,4 +106,4 @@ def test_aggregate_json_has_rates():
     js = scores["m"].to_json()
     assert js["captions"] == 2 and js["truth_objects"] == 6 and js["correct"] == 3
     assert js["recall"] == 0.5 and js["hallucination_rate"] == 1 / 4
-    assert js["background_accuracy"] == 0.5
+    assert js["background_accuracy"] == 0.5 and js["misplaced_rate"] == 0.0
