@@ -9,7 +9,8 @@ word (small, medium or "medium-sized", large), its colour, its shape and one cel
     "The image shows 3 objects on a grey background. In the top left there is a large red circle."
     "3 shapes on a grey background: a large red circle at top left, a small blue bar at center."
 
-Parsing is lenient (plurals, extra words, "centre"); a clause with a colour and a shape but no
+Parsing is lenient (plurals, extra words, "centre", "top-left", "upper"/"lower" for top/bottom;
+a plural counts as one mention); a clause with a colour and a shape but no
 cell is still a mention, one that cannot be correct.
 
 Scoring matches mentions to truth objects one to one: first exactly (shape + colour + cell:
@@ -32,7 +33,13 @@ _WORD = re.compile(r"[a-z]+(?:-[a-z]+)*")
 _PLURALS = {f"{s}s": s for s in SHAPES}
 _SIZE_WORDS = {**{s: s for s in SIZES}, "medium-sized": "medium", "mid-sized": "medium"}
 _COL_WORDS = {"left": "left", "center": "center", "centre": "center", "right": "right"}
-_ROW_WORDS = {"top": "top", "middle": "middle", "bottom": "bottom"}
+_ROW_WORDS = {
+    "top": "top",
+    "upper": "top",
+    "middle": "middle",
+    "bottom": "bottom",
+    "lower": "bottom",
+}
 _GREY = {"gray": "grey"}  # spelling variants of background colours
 
 
@@ -52,6 +59,14 @@ class ParsedCaption:
 
     mentions: list[Mention] = field(default_factory=list)
     background: str | None = None
+
+
+def _words(clause: str) -> list[str]:
+    """Lower-case words; hyphenated ones split ("top-left") unless they are a size word."""
+    out: list[str] = []
+    for w in _WORD.findall(clause):
+        out += [w] if w in _SIZE_WORDS else w.split("-")
+    return out
 
 
 def _cells(words: list[str]) -> list[tuple[int, str]]:
@@ -76,7 +91,7 @@ def parse_caption(text: str) -> ParsedCaption:
     """The object mentions and background of a caption (see the module docstring)."""
     parsed = ParsedCaption()
     for clause in _CLAUSE_SPLIT.split(text.lower()):
-        words = [_GREY.get(w, w) for w in _WORD.findall(clause)]
+        words = [_GREY.get(w, w) for w in _words(clause)]
         if not words:
             continue
         if "background" in words or "backdrop" in words:

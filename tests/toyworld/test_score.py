@@ -59,6 +59,14 @@ def test_lenient_forms_plurals_the_medium_sized_and_centre():
     assert parsed.background is None
 
 
+def test_hyphenated_cells_and_upper_lower():
+    parsed = parse_caption("a large red circle in the upper-left; a small blue bar, lower right")
+    assert parsed.mentions[0] == Mention("circle", "red", "large", "top left")
+    assert parsed.mentions[1] == Mention("bar", "blue", "small", None)  # its cell is a clause on
+    parsed = parse_caption("a small blue bar in the lower right")
+    assert parsed.mentions == [Mention("bar", "blue", "small", "bottom right")]
+
+
 def test_the_cell_may_come_before_or_after_and_middle_center_is_center():
     a = parse_caption("At middle center: a small red triangle.")
     b = parse_caption("at middle center a small red triangle")
