@@ -108,3 +108,17 @@ def test_scene_truth_travels_from_the_url_list_through_ingest_and_assembly(tmp_p
     assemble(tmp_path / "shards", tmp_path / "rebuilt")
     again = pq.read_table(tmp_path / "rebuilt" / "00000.parquet").to_pylist()
     assert [r["truth"] for r in again] == [r["truth"] for r in rows]
+
+
+def test_ingest_keeps_a_jsonl_lists_truth_object_as_json_text(tmp_path):
+    from pipeline.ingest import IngestConfig, prepare_url_list
+
+    rows = [
+        {"url": "http://127.0.0.1:1/a.png", "caption": "a", "truth": {"objects": [], "b": 1}},
+        {"url": "http://127.0.0.1:1/b.png", "caption": "b"},
+    ]
+    (tmp_path / "urls.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    summary = prepare_url_list(IngestConfig(url_list=str(tmp_path / "urls.jsonl")), tmp_path / "w")
+    assert summary["extra_columns"] == ["truth"]
+    saved = pq.read_table(tmp_path / "w" / "urls.parquet").to_pylist()
+    assert [r["truth"] for r in saved] == ['{"b": 1, "objects": []}', None]
