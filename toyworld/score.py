@@ -69,20 +69,20 @@ def _words(clause: str) -> list[str]:
     return out
 
 
-def _cells(words: list[str]) -> list[tuple[int, str]]:
-    """(word index, cell name) of the cell names in a clause's words, in order."""
-    found: list[tuple[int, str]] = []
+def _cells(words: list[str]) -> list[str]:
+    """The cell names in a clause's words, in order ("top center" is one, not "center")."""
+    found: list[str] = []
     i = 0
     while i < len(words):
         w = words[i]
         nxt = words[i + 1] if i + 1 < len(words) else None
         if w in _ROW_WORDS and nxt in _COL_WORDS:
             row, col = ROWS.index(_ROW_WORDS[w]), COLS.index(_COL_WORDS[nxt])
-            found.append((i, cell_name(row, col)))  # "middle center" reads as "center"
+            found.append(cell_name(row, col))  # "middle center" reads as "center"
             i += 2
             continue
         if w in ("center", "centre"):
-            found.append((i, cell_name(1, 1)))
+            found.append(cell_name(1, 1))
         i += 1
     return found
 
@@ -112,7 +112,7 @@ def parse_caption(text: str) -> ParsedCaption:
                 color = size = None
         if not mentions:
             continue
-        cells = [c for _, c in _cells(words)]
+        cells = _cells(words)
         if len(cells) == len(mentions):
             pairs = zip(mentions, cells, strict=True)
         elif len(cells) == 1:
