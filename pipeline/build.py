@@ -194,10 +194,10 @@ def run_build(cfg: BuildConfig) -> dict[str, Any]:
 
 
 def _finish(cfg, out, summary, assembled, problems, t0) -> dict[str, Any]:
-    from shards.dataset_stats import collect_stats, format_report, write_plots
+    from shards.dataset_stats import add_caption_accuracy, collect_stats, format_report, write_plots
 
     stats = collect_stats(out / "shards")
-    report = stats.report()
+    report = add_caption_accuracy(stats.report(), out / "shards")
     # Conservation: every URL row is one sample or one recorded failure, and every sample that
     # was downloaded has one entry (caption or failure) per model.
     if report["samples"] != summary["rows"] and not problems:

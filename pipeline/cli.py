@@ -37,10 +37,10 @@ def _cmd_shards(args: argparse.Namespace) -> int:
 
 
 def _cmd_stats(args: argparse.Namespace) -> int:
-    from shards.dataset_stats import collect_stats, format_report, write_plots
+    from shards.dataset_stats import add_caption_accuracy, collect_stats, format_report, write_plots
 
     stats = collect_stats(args.dir, args.split_engine)
-    report = stats.report()
+    report = add_caption_accuracy(stats.report(), args.dir)
     if args.split_engine:
         report["split_engine"] = args.split_engine
     if args.json:

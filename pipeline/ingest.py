@@ -113,9 +113,10 @@ def prepare_url_list(cfg: IngestConfig, work: Path) -> dict[str, Any]:
     columns, rows = _read_rows(path, fmt)
     url_col = _pick(columns, cfg.url_col, URL_COLUMNS, "url_col", path)
     cap_col = _pick(columns, cfg.caption_col, CAPTION_COLUMNS, "caption_col", path)
-    from shards.inputs import RELEASED_LONG_COLUMNS
+    from shards.inputs import RELEASED_LONG_COLUMNS, TRUTH_COLUMN, truth_text
 
-    extra = [c for c in (*RELEASED_LONG_COLUMNS, *cfg.extra_columns) if c in columns]
+    carried = (*RELEASED_LONG_COLUMNS, TRUTH_COLUMN, *cfg.extra_columns)
+    extra = list(dict.fromkeys(c for c in carried if c in columns))
     accepted, rejected, seen = [], [], set()
     for i, row in enumerate(rows):
         reason = None
@@ -143,6 +144,8 @@ def prepare_url_list(cfg: IngestConfig, work: Path) -> dict[str, Any]:
         seen.add(url)
         rec = {"longcap_row": i, "url": url, "caption": caption or "", "source": path.stem}
         rec.update({c: safe(row.get(c)) for c in extra})
+        if TRUTH_COLUMN in rec:  # a JSONL list's object becomes JSON text, not a Python repr
+            rec[TRUTH_COLUMN] = safe(truth_text(row.get(TRUTH_COLUMN)))
         accepted.append(rec)
     work.mkdir(parents=True, exist_ok=True)
     _write_atomic(work / "rejected.parquet", rejected, ["longcap_row", "url", "caption", "reason"])

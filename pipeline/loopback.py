@@ -1,10 +1,10 @@
 """A URL list served from 127.0.0.1: what `make demo` and the build tests download from.
 
 `serve(folder)` runs a threaded HTTP server on a free loopback port (a context manager that
-stops it). `make_url_list(...)` generates images with `pipeline.sample_data`, and a CSV that
-points at them, with the awkward rows a real list has when `bad_rows` is set: a 404, a duplicate
-URL, an empty URL, an HTML page served as .jpg, a 1-pixel image, a 30,000-pixel-wide image, and a
-caption that is not UTF-8.
+stops it). `make_url_list(...)` generates images with `pipeline.sample_data` (or, with
+`scenes=True`, toyworld scenes with their truth), and a CSV that points at them, with the awkward
+rows a real list has when `bad_rows` is set: a 404, a duplicate URL, an empty URL, an HTML page
+served as .jpg, a 1-pixel image, a 30,000-pixel-wide image, and a caption that is not UTF-8.
 """
 
 from __future__ import annotations
@@ -43,32 +43,53 @@ def serve(folder: str | Path) -> Iterator[str]:
 LIST_LONG_COLUMNS = ("longLLA_captions", "longIB_captions", "longSV_captions")
 
 
-def make_url_list(folder: str | Path, base_url: str, n: int = 40, bad_rows: bool = True) -> Path:
+def make_url_list(
+    folder: str | Path,
+    base_url: str,
+    n: int = 40,
+    bad_rows: bool = True,
+    scenes: bool = False,
+    seed: int = 0,
+) -> Path:
     """Images under folder/www, and folder/urls.csv of them, shaped like DreamLIP's released lists:
-    url, caption, and three long captions per image (LIST_LONG_COLUMNS)."""
-    from PIL import Image
+    url, caption, and three long captions per image (LIST_LONG_COLUMNS).
 
-    from pipeline.sample_data import make_sample
+    With `scenes`, the images are toyworld scenes (`toyworld.samples`, drawn from `seed`) and the
+    columns are url, caption (the alt-text) and truth (the scene as JSON text); no long
+    captions, since recaptioning writes them."""
+    from PIL import Image
 
     folder = Path(folder)
     www = folder / "www"
-    manifest = make_sample(www, n=n, size=96, bad_rows=False, models=LIST_LONG_COLUMNS)
+    if scenes:
+        from toyworld.samples import make_scene_samples
+
+        manifest = make_scene_samples(www, n=n, seed=seed)
+        extra_columns: tuple[str, ...] = ("truth",)
+    else:
+        from pipeline.sample_data import make_sample
+
+        manifest = make_sample(www, n=n, size=96, bad_rows=False, models=LIST_LONG_COLUMNS)
+        extra_columns = LIST_LONG_COLUMNS
     rows = [json.loads(line) for line in manifest.read_text().splitlines()]
-    lines = [",".join(["url", "caption", *LIST_LONG_COLUMNS])]
+    lines = [",".join(["url", "caption", *extra_columns])]
 
     def esc(text: str) -> str:
         return '"' + text.replace('"', '""') + '"'
 
     for r in rows:
-        longs = [esc(r["long_captions"][c]) for c in LIST_LONG_COLUMNS]
-        lines.append(",".join([f"{base_url}/{r['image_path']}", esc(r["caption"]), *longs]))
+        if scenes:
+            extras = [esc(json.dumps(r["truth"], sort_keys=True))]
+        else:
+            extras = [esc(r["long_captions"][c]) for c in LIST_LONG_COLUMNS]
+        lines.append(",".join([f"{base_url}/{r['image_path']}", esc(r["caption"]), *extras]))
     raw = "\n".join(lines).encode() + b"\n"
     if bad_rows:
         (www / "page.jpg").write_text("<html><body>not an image</body></html>")
         Image.new("RGB", (1, 1), (255, 0, 0)).save(www / "pixel.png")
         # 30,000 px wide but a few KB: a PNG of one colour compresses to almost nothing.
         Image.new("L", (30000, 2), 128).save(www / "wide.png")
-        empty = "," * len(LIST_LONG_COLUMNS)
+        empty = "," * len(extra_columns)
         bad = [
             f"{base_url}/missing.jpg,a file that is not there{empty}",
             f"{base_url}/{rows[0]['image_path']},the same URL again{empty}",
@@ -78,8 +99,10 @@ def make_url_list(folder: str | Path, base_url: str, n: int = 40, bad_rows: bool
             f"{base_url}/wide.png,a very wide image{empty}",
         ]
         raw += "\n".join(bad).encode() + b"\n"
-        raw += f"{base_url}/images/{0:06d}.jpg?v=2,caf\xe9 in latin-1{empty}\n".encode().replace(
-            "caf\xe9".encode(), b"caf\xe9"
+        raw += (
+            f"{base_url}/{rows[0]['image_path']}?v=2,caf\xe9 in latin-1{empty}\n".encode().replace(
+                "caf\xe9".encode(), b"caf\xe9"
+            )
         )
     path = folder / "urls.csv"
     path.write_bytes(raw)

@@ -141,6 +141,7 @@ def _to_sample(inp: InputSample, cfg: AssembleConfig) -> S.Sample:
         url=_valid_text(inp.url)[0],
         caption=clean_text(caption) if caption else caption,
         image_format=inp.image_format,
+        truth=_valid_text(inp.truth)[0],
     )
     if not sample.ok:
         return sample

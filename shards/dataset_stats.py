@@ -8,6 +8,10 @@ image bytes are never read.
 stored sub-captions: it reads every shard's Parquet text columns (never images) and counts the
 sub-captions the chosen `shards.split` engine gives. With "regex" (LoTLIP's
 ``re.split(r'\n|</s>|[.]')``) the sub-caption counts are comparable with LoTLIP's Table 1.
+
+`caption_accuracy(root)` scores each model's long captions (and the raw captions) against the
+shards' `truth` column with `toyworld.score`, reading only the Parquet text columns; toyworld is
+imported only when some shard carries truth, so the product does not depend on it otherwise.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from shards import schema as S
 from shards.inputs import InputError
@@ -155,6 +160,124 @@ def collect_stats(root: str | Path, split_engine: str | None = None) -> ShardSta
     return merge_stats(parts)
 
 
+_ACCURACY_COLUMNS = [
+    "status",
+    "caption",
+    "long_captions.list.element.model",
+    "long_captions.list.element.status",
+    "long_captions.list.element.text",
+]
+
+
+def _shard_parquets(root: Path) -> list[Path]:
+    """The longcap shards' Parquet files under root (img2dataset sidecars and others skipped)."""
+    found = []
+    for parquet in sorted(root.rglob("*.parquet")):
+        try:
+            meta = pq.read_schema(parquet).metadata or {}
+        except Exception:  # not a readable Parquet file: not ours to judge here
+            continue
+        if S.SCHEMA_METADATA_KEY in meta:
+            found.append(parquet)
+    return found
+
+
+def caption_accuracy(root: str | Path) -> dict[str, Any] | None:
+    """Caption accuracy against truth, or None when no shard under `root` carries truth.
+
+    {"images": images with truth, "unreadable_truth": n, "by_model": {model: score},
+    "raw": score of the raw captions}, each score `toyworld.score.CaptionScore.to_json()`:
+    truth objects, mentions, correct (shape + colour + cell), correct_with_size, misplaced,
+    hallucinated, recall, hallucination_rate, misplaced_rate, background_accuracy. Failed
+    samples and long captions whose status is not ok are not scored."""
+    pairs: list[tuple[str, str, Any]] = []
+    images = unreadable = 0
+    found = False
+    for parquet in _shard_parquets(Path(root)):
+        if "truth" not in pq.read_schema(parquet).names:
+            continue  # schema version 1: no truth
+        truth = read_shard_table(parquet, columns=["truth"])["truth"]
+        if truth.null_count == len(truth):
+            continue
+        from toyworld.scenes import Scene  # here: only shards with truth need toyworld
+
+        found = True
+        table = read_shard_table(parquet, columns=_ACCURACY_COLUMNS)
+        for row, text in zip(table.to_pylist(), truth.to_pylist(), strict=True):
+            if text is None or row["status"] != S.STATUS_OK:
+                continue
+            try:
+                scene = Scene.from_dict(json.loads(text))
+            except (ValueError, KeyError, TypeError):
+                unreadable += 1  # truth of another kind than a toyworld scene
+                continue
+            images += 1
+            pairs.append(("", row["caption"] or "", scene))
+            for lc in row["long_captions"] or []:
+                if lc["status"] in (None, S.LONG_OK):
+                    pairs.append((lc["model"], lc["text"] or "", scene))
+    if not found:
+        return None
+    from toyworld.score import score_captions
+
+    scores = {m: s.to_json() for m, s in score_captions(pairs).items()}
+    raw = scores.pop("", None)
+    return {"images": images, "unreadable_truth": unreadable, "by_model": scores, "raw": raw}
+
+
+def add_caption_accuracy(report: dict[str, Any], root: str | Path) -> dict[str, Any]:
+    """`report` (ShardStats.report()) with "caption_accuracy" added where the shards carry truth."""
+    accuracy = caption_accuracy(root)
+    if accuracy is not None:
+        report["caption_accuracy"] = accuracy
+    return report
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
+def format_accuracy(accuracy: dict[str, Any]) -> list[str]:
+    """The caption accuracy section of the stats report, as lines."""
+    header = ["", "captions", "objects", "mentions", "correct", "+size", "halluc.", "misplaced"]
+    header.append("background")
+    groups = dict(accuracy["by_model"])
+    if accuracy.get("raw"):
+        groups["raw captions"] = accuracy["raw"]
+    rows = [
+        [
+            name if name == "raw captions" else f"model {name}",
+            f"{s['captions']:,}",
+            f"{s['truth_objects']:,}",
+            f"{s['mentions']:,}",
+            _pct(s["recall"]),
+            _pct(s["size_recall"]),
+            _pct(s["hallucination_rate"]),
+            _pct(s["misplaced_rate"]),
+            _pct(s["background_accuracy"]),
+        ]
+        for name, s in groups.items()
+    ]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+
+    def line(cells: list[str]) -> str:
+        rest = (c.rjust(w) for c, w in zip(cells[1:], widths[1:], strict=True))
+        return "  ".join([cells[0].ljust(widths[0]), *rest])
+
+    out = [
+        f"caption accuracy against truth ({accuracy['images']:,} images with truth)",
+        "  correct: truth objects named with shape + colour + cell (+size: and size);",
+        "  halluc.: mentions that match no object of the scene; misplaced: mentions of an object",
+        "  of the scene in the wrong cell or in none (both as a share of mentions)",
+        line(header),
+        line(["-" * w for w in widths]),
+        *(line(r) for r in rows),
+    ]
+    if accuracy.get("unreadable_truth"):
+        out.append(f"  {accuracy['unreadable_truth']:,} images with truth that is not a scene")
+    return out
+
+
 def _fmt(value: Any, digits: int = 1) -> str:
     if value is None:
         return "-"
@@ -210,6 +333,8 @@ def format_report(report: dict[str, Any]) -> str:
         *(line(r) for r in rows),
     ]
     out.append("")
+    if report.get("caption_accuracy"):
+        out += [*format_accuracy(report["caption_accuracy"]), ""]
     if report["failures"]:
         out.append("failures by reason:")
         out += [f"  {reason}: {n:,}" for reason, n in report["failures"].items()]

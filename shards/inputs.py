@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,10 @@ RELEASED_SHORT_COLUMNS = {
     "shortSV_captions": "sharegpt4v",
     "shortLLA_captions": "llava-1.5",
 }
+
+# Columns of a URL list or manifest carried unchanged to the output shards (besides captions):
+# `truth`, a sample's known content as JSON (toyworld scenes), for scoring captions against it.
+TRUTH_COLUMN = "truth"
 
 
 class InputError(ValueError):
@@ -38,6 +43,7 @@ class InputSample:
     caption: str | None = None
     long_captions: dict[str, dict[str, Any]] = field(default_factory=dict)
     short_captions: dict[str, str] = field(default_factory=dict)
+    truth: str | None = None  # JSON text of what the image shows, where known
     image: bytes | None = None
     image_path: Path | None = None
     image_format: str | None = None
@@ -55,6 +61,16 @@ def as_text(value: Any) -> str | None:
         parts = [t for t in (as_text(v) for v in value) if t]
         return "\n".join(parts) if parts else None
     return str(value)
+
+
+def truth_text(value: Any) -> str | None:
+    """A `truth` cell as JSON text: a JSON object as given (JSONL, Parquet struct) is serialised
+    with sorted keys; text (CSV, img2dataset's json member) is kept as it is; an empty cell is
+    None (a URL list's row without truth)."""
+    if isinstance(value, dict | list):
+        return json.dumps(value, sort_keys=True)
+    text = as_text(value)
+    return text if text and text.strip() else None
 
 
 def long_entry(value: Any) -> dict[str, Any] | None:

@@ -19,10 +19,12 @@ from shards import schema as S
 from shards.inputs import (
     RELEASED_LONG_COLUMNS,
     RELEASED_SHORT_COLUMNS,
+    TRUTH_COLUMN,
     InputError,
     InputSample,
     as_text,
     long_entry,
+    truth_text,
 )
 from shards.tar_reader import IMAGE_EXTS, iter_tar_samples
 
@@ -45,6 +47,7 @@ def sample_from_record(
     sample = InputSample(key=key or f"{index:09d}", origin=origin)
     sample.source = as_text(rec.get("source")) or source
     sample.url = as_text(rec.get("url"))
+    sample.truth = truth_text(rec.get(TRUTH_COLUMN))
     cap_col = _first(cols, CAPTION_COLUMNS)
     sample.caption = as_text(rec.get(cap_col)) if cap_col else None
     longs = rec.get("long_captions")

@@ -13,7 +13,7 @@ from typing import Any
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 SCHEMA_METADATA_KEY = b"longcap.schema_version"
 
 STATUS_OK = "ok"
@@ -67,8 +67,14 @@ _FIELDS = [
     pa.field("caption_subcaptions", pa.int32()),
     pa.field("long_captions", pa.list_(LONG_CAPTION_TYPE)),
     pa.field("short_captions", pa.list_(SHORT_CAPTION_TYPE)),
+    # A sample's known content as JSON text (toyworld scenes), null where the input has none.
+    pa.field("truth", pa.string()),
     pa.field("image", pa.binary()),
 ]
+
+# Columns a shard of an older schema version may lack: name -> the version that added it.
+# A reader treats such a column as all null in older shards.
+ADDED_IN_VERSION = {"truth": 2}
 
 # Columns that describe a sample without its pixels: what `longcap stats` may read.
 METADATA_COLUMNS = [f.name for f in _FIELDS if f.name != "image"]
@@ -114,6 +120,7 @@ class Sample:
     caption_subcaptions: int | None = None
     long_captions: list[LongCaption] = field(default_factory=list)
     short_captions: list[dict[str, str]] = field(default_factory=list)
+    truth: str | None = None
     image: bytes | None = None
 
     @property
@@ -147,6 +154,12 @@ def check_schema_version(schema: pa.Schema, where: str) -> None:
             f"{where}: shard schema version {int(version)} is newer than this longcap "
             f"(reads up to {SCHEMA_VERSION}); upgrade longcap"
         )
-    missing = [f.name for f in _FIELDS if f.name != "image" and f.name not in schema.names]
+    missing = [
+        f.name
+        for f in _FIELDS
+        if f.name != "image"
+        and f.name not in schema.names
+        and ADDED_IN_VERSION.get(f.name, 1) <= int(version)
+    ]
     if missing:
         raise ValueError(f"{where}: longcap shard is missing columns {missing}")

@@ -64,6 +64,7 @@ def _row_to_input(
         caption=row.get("caption"),
         image=row.get("image"),
         image_format=row.get("image_format"),
+        truth=row.get("truth"),  # absent from schema version 1 shards
     )
     for lc in row.get("long_captions") or []:
         sample.long_captions[lc["model"]] = {

@@ -16,7 +16,15 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from shards import schema as S
-from shards.inputs import RELEASED_LONG_COLUMNS, InputError, InputSample, as_text, long_entry
+from shards.inputs import (
+    RELEASED_LONG_COLUMNS,
+    TRUTH_COLUMN,
+    InputError,
+    InputSample,
+    as_text,
+    long_entry,
+    truth_text,
+)
 
 IMAGE_EXTS = {"jpg", "jpeg", "png", "webp", "bmp", "gif"}
 FAIL_TRUNCATED = "truncated_shard"
@@ -51,8 +59,9 @@ def _read_sidecar(parquet: Path) -> dict[str, dict[str, Any]]:
 
 
 def _fill_from_record(sample, rec: dict[str, Any]) -> None:
-    """Take url, caption and long captions from img2dataset's json or sidecar row."""
+    """Take url, caption, truth and long captions from img2dataset's json or sidecar row."""
     sample.url = sample.url or as_text(rec.get("url"))
+    sample.truth = sample.truth or truth_text(rec.get(TRUTH_COLUMN))
     if sample.caption is None:
         sample.caption = as_text(rec.get("caption"))
     if rec.get("source"):

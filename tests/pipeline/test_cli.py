@@ -28,6 +28,7 @@ def test_shards_then_stats_json(tmp_path, sample_manifest, capsys):
             "tokens_per_text",
         }
         assert report["by_model"][model]["texts"] == 24
+    assert "caption_accuracy" not in report  # no truth in these shards
 
 
 def test_stats_table_and_plots(built_shards, tmp_path, capsys):
@@ -130,3 +131,55 @@ def test_build_yaml_assemble_split_engine(tmp_path):
     path.write_text(yaml.safe_dump(cfg))
     with pytest.raises(ConfigError, match="assemble: split_engine must be one of rules, punkt"):
         load_build_config(path)
+
+
+def _truth_manifest(tmp_path, n: int = 12):
+    """Scene samples whose long captions are written from the truth: `exact` names every object
+    right, `sloppy` names the first object in the wrong cell and adds an object that is not
+    there (a purple bar when the scene has none)."""
+    from toyworld.samples import make_scene_samples
+    from toyworld.scenes import Scene
+
+    manifest = make_scene_samples(tmp_path / "toy", n=n, seed=5)
+    rows = [json.loads(line) for line in manifest.read_text().splitlines()]
+    expected = {"objects": 0, "halluc": 0}
+    for r in rows:
+        scene = Scene.from_dict(r["truth"])
+        objs = scene.objects
+        items = [f"{o.phrase()} at {o.cell}" for o in objs]
+        exact = f"{len(objs)} shapes on a {scene.background} background: {', '.join(items)}."
+        wrong = "bottom right" if objs[0].cell != "bottom right" else "top left"
+        sloppy = [f"In the {wrong} there is {objs[0].phrase()}."]
+        sloppy += [f"In the {o.cell} there is {o.phrase()}." for o in objs[1:]]
+        if not any((o.color, o.shape) == ("purple", "bar") for o in objs):
+            sloppy.append("In the center there is a small purple bar.")
+            expected["halluc"] += 1
+        expected["objects"] += len(objs)
+        r["long_captions"] = {"exact": exact, "sloppy": " ".join(sloppy)}
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return manifest, expected
+
+
+def test_stats_shows_caption_accuracy_when_shards_carry_truth(tmp_path, capsys):
+    manifest, expected = _truth_manifest(tmp_path)
+    out = tmp_path / "out"
+    assert main(["shards", "--input", str(manifest), "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["stats", str(out), "--json"]) == 0
+    acc = json.loads(capsys.readouterr().out)["caption_accuracy"]
+    assert acc["images"] == 12 and acc["unreadable_truth"] == 0
+    exact, sloppy = acc["by_model"]["exact"], acc["by_model"]["sloppy"]
+    assert exact["truth_objects"] == exact["correct"] == expected["objects"]
+    assert exact["recall"] == 1.0 and exact["hallucination_rate"] == 0.0
+    assert exact["background_accuracy"] == 1.0
+    assert sloppy["correct"] == expected["objects"] - 12 and sloppy["misplaced"] == 12
+    assert sloppy["hallucinated"] == expected["halluc"] > 0
+    assert sloppy["background_accuracy"] == 0.0 and sloppy["misplaced_rate"] > 0
+    # The alt-text names the most salient object only, with no cell: recall 0, nothing invented.
+    assert acc["raw"]["mentions"] == 12 and acc["raw"]["correct"] == 0
+    assert acc["raw"]["hallucinated"] == 0
+    assert main(["stats", str(out)]) == 0
+    table = capsys.readouterr().out
+    assert "caption accuracy against truth (12 images with truth)" in table
+    line = next(x for x in table.splitlines() if x.startswith("model exact"))
+    assert "100.0%" in line and "0.0%" in line

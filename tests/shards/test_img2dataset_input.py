@@ -69,3 +69,56 @@ def test_img2dataset_output_assembles_with_failures_carried(tmp_path, server):
     assert all(min(r["width"], r["height"]) == 32 for r in ok)
     assert all(r["long_captions"][0]["model"] == "llava-1.5" for r in ok)
     assert all(len(r["long_captions"][0]["subcaptions"]) == 2 for r in ok)
+
+
+def test_scene_truth_travels_from_the_url_list_through_ingest_and_assembly(tmp_path):
+    """A toyworld URL list (`make_url_list(scenes=True)`): ingest keeps its `truth` column,
+    img2dataset saves it, assembly stores it in the Parquet and the tar's KEY.json, and a
+    rebuild from the longcap shards keeps it; each sample's truth is its own scene."""
+    import tarfile
+
+    from pipeline.ingest import IngestConfig, prepare_url_list, start_ingest
+    from pipeline.loopback import make_url_list, serve
+    from toyworld.samples import scene_rows
+    from toyworld.scenes import Scene, alt_text
+
+    n = 6
+    with serve(tmp_path / "list" / "www") as base:
+        url_list = make_url_list(tmp_path / "list", base, n=n, bad_rows=True, scenes=True, seed=4)
+        cfg = IngestConfig(url_list=str(url_list), image_size=32, threads=4, timeout=5)
+        work = tmp_path / "work"
+        summary = prepare_url_list(cfg, work)
+        assert "truth" in summary["extra_columns"]
+        proc = start_ingest(cfg, work, summary["extra_columns"])
+        proc.wait(timeout=300)  # its exit code is not trusted; the shards say what happened
+    assemble(work / "shards", tmp_path / "shards")
+    rows = pq.read_table(tmp_path / "shards" / "00000.parquet").to_pylist()
+    expected = {f"{base}/images/{i:06d}.png": s for i, (s, _) in enumerate(scene_rows(n, seed=4))}
+    scenes = [r for r in rows if r["url"] in expected]
+    assert len(scenes) == n and all(r["status"] == S.STATUS_OK for r in scenes)
+    for r in scenes:
+        scene = Scene.from_dict(json.loads(r["truth"]))
+        assert scene == expected[r["url"]] and r["caption"] == alt_text(scene)
+    # The list's awkward rows (a 404, an HTML page, a 1-pixel image...) had no truth.
+    assert len(rows) > n and all(r["truth"] is None for r in rows if r["url"] not in expected)
+    ok = [r for r in rows if r["status"] == S.STATUS_OK]
+    with tarfile.open(tmp_path / "shards" / "00000.tar") as tar:
+        metas = [json.load(tar.extractfile(m)) for m in tar if m.name.endswith(".json")]
+    assert {m["key"]: m["truth"] for m in metas} == {r["key"]: r["truth"] for r in ok}
+    assemble(tmp_path / "shards", tmp_path / "rebuilt")
+    again = pq.read_table(tmp_path / "rebuilt" / "00000.parquet").to_pylist()
+    assert [r["truth"] for r in again] == [r["truth"] for r in rows]
+
+
+def test_ingest_keeps_a_jsonl_lists_truth_object_as_json_text(tmp_path):
+    from pipeline.ingest import IngestConfig, prepare_url_list
+
+    rows = [
+        {"url": "http://127.0.0.1:1/a.png", "caption": "a", "truth": {"objects": [], "b": 1}},
+        {"url": "http://127.0.0.1:1/b.png", "caption": "b"},
+    ]
+    (tmp_path / "urls.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    summary = prepare_url_list(IngestConfig(url_list=str(tmp_path / "urls.jsonl")), tmp_path / "w")
+    assert summary["extra_columns"] == ["truth"]
+    saved = pq.read_table(tmp_path / "w" / "urls.parquet").to_pylist()
+    assert [r["truth"] for r in saved] == ['{"b": 1, "objects": []}', None]

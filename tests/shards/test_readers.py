@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -121,3 +123,58 @@ def test_unknown_input_type(tmp_path):
         read_input(tmp_path / "x.xml")
     with pytest.raises(InputError, match="no such file"):
         read_input(tmp_path / "nope.jsonl")
+
+
+def test_truth_from_jsonl_object_csv_text_and_img2dataset_json(images, tmp_path):
+    """`truth` is JSON text wherever it comes from; an empty cell is no truth."""
+    truth = {"objects": [], "background": "grey"}
+    write_jsonl(
+        images / "m.jsonl",
+        [
+            {"image_path": "img/a1.jpg", "caption": "x", "truth": truth},
+            {"image_path": "img/a2.jpg", "caption": "y"},
+        ],
+    )
+    a, b = read_input(images / "m.jsonl")
+    assert a.truth == '{"background": "grey", "objects": []}' and b.truth is None
+    (images / "m.csv").write_text(
+        'image_path,caption,truth\nimg/a1.jpg,x,"{""a"": 1}"\nimg/a2.jpg,y,\n'
+    )
+    a, b = read_input(images / "m.csv")
+    assert a.truth == '{"a": 1}' and b.truth is None
+    ok = [{"key": "k", "jpg": jpeg_bytes(), "caption": "c", "url": "u", "extra": {"truth": "{}"}}]
+    write_i2d_shard(tmp_path / "i2d", "00000", ok, [])
+    (s,) = read_input(tmp_path / "i2d")
+    assert s.truth == "{}"
+
+
+def test_scene_samples_assemble_with_their_truth(tmp_path):
+    from shards.assemble import assemble
+    from toyworld.samples import make_scene_samples, scene_rows
+    from toyworld.scenes import Scene
+
+    manifest = make_scene_samples(tmp_path / "toy", n=5, seed=2)
+    assemble(manifest, tmp_path / "out")
+    rows = pq.read_table(tmp_path / "out" / "00000.parquet").to_pylist()
+    assert [r["status"] for r in rows] == ["ok"] * 5
+    assert [Scene.from_dict(json.loads(r["truth"])) for r in rows] == [
+        s for s, _ in scene_rows(5, seed=2)
+    ]
+
+
+def test_schema_version_1_shards_without_truth_still_read(built_shards, tmp_path):
+    """Version 1 shards predate `truth`: they read with no truth. A version 2 shard without
+    the column is refused, naming it."""
+    from shards.shard_reader import read_longcap_shard
+
+    table = pq.read_table(built_shards / "00000.parquet").drop_columns(["truth"])
+    old = tmp_path / "old"
+    old.mkdir()
+    v1 = table.replace_schema_metadata({S.SCHEMA_METADATA_KEY: b"1"})
+    pq.write_table(v1, old / "00000.parquet")
+    samples = list(read_longcap_shard(old / "00000.parquet", None))
+    assert len(samples) == 10 and all(s.truth is None for s in samples)
+    v2 = table.replace_schema_metadata({S.SCHEMA_METADATA_KEY: b"2"})
+    pq.write_table(v2, old / "00000.parquet")
+    with pytest.raises(InputError, match=r"missing columns \['truth'\]"):
+        list(read_longcap_shard(old / "00000.parquet", None))
