@@ -39,20 +39,47 @@ def _corpus() -> list[str]:
     return prompts * 20 + synthetic_long_captions(2000, seed=7)
 
 
-def _train_tokenizer(specials: list[str]):
+def train_bpe(specials: list[str], corpus: list[str] | None = None, vocab_size: int = _VOCAB):
+    """A byte-level BPE `tokenizers.Tokenizer` trained here on `corpus` (default: generated long
+    captions); byte-level so that any prompt or caption text encodes and decodes exactly."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=_VOCAB,
+        vocab_size=vocab_size,
         special_tokens=specials,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(_corpus(), trainer)
+    tok.train_from_iterator(_corpus() if corpus is None else corpus, trainer)
     return tok
+
+
+def llava_tokenizer(tokenizer_object):
+    """The LLaVA-1.5 special tokens around a trained `tokenizers.Tokenizer`."""
+    from transformers import PreTrainedTokenizerFast
+
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer_object,
+        unk_token="<unk>",
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        extra_special_tokens={"image_token": "<image>"},
+    )
+
+
+def qwen_tokenizer(tokenizer_object):
+    """The Qwen2-VL special tokens around a trained `tokenizers.Tokenizer`."""
+    from transformers import PreTrainedTokenizerFast
+
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer_object,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+    )
 
 
 _LLAVA_CHAT = (
@@ -76,75 +103,90 @@ def _seed_all(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def make_llava(out: Path, seed: int = 0) -> Path:
-    """Tiny LLaVA-1.5: CLIP vision tower (56 px, patch 14) + 2-layer Llama, byte-level BPE."""
-    from transformers import (
-        CLIPImageProcessor,
-        CLIPVisionConfig,
-        LlamaConfig,
-        LlavaConfig,
-        LlavaForConditionalGeneration,
-        LlavaProcessor,
-        PreTrainedTokenizerFast,
+def llava_config(tok, text: dict | None = None, vision: dict | None = None, **llava_kw):
+    """A LlavaConfig for `tok` (a `llava_tokenizer`); `text` / `vision` override the tiny
+    defaults (Llama 128 wide x 2 layers, heads of 64; CLIP 64 wide x 2 layers, 56 px, patch 14)."""
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
+
+    text_cfg = LlamaConfig(
+        **{
+            "vocab_size": len(tok),
+            "hidden_size": 128,
+            "intermediate_size": 256,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "num_key_value_heads": 2,
+            "head_dim": 64,
+            "max_position_embeddings": 1024,
+            "bos_token_id": tok.bos_token_id,
+            "eos_token_id": tok.eos_token_id,
+            "pad_token_id": tok.pad_token_id,
+            **(text or {}),
+        }
+    )
+    vision_cfg = CLIPVisionConfig(
+        **{
+            "hidden_size": 64,
+            "intermediate_size": 128,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "image_size": 56,
+            "patch_size": 14,
+            "projection_dim": 64,
+            **(vision or {}),
+        }
+    )
+    kw = {"vision_feature_layer": -2, "vision_feature_select_strategy": "default", **llava_kw}
+    return LlavaConfig(
+        vision_config=vision_cfg,
+        text_config=text_cfg,
+        image_token_index=tok.convert_tokens_to_ids("<image>"),
+        **kw,
     )
 
-    tok = PreTrainedTokenizerFast(
-        tokenizer_object=_train_tokenizer(_LLAVA_SPECIALS),
-        unk_token="<unk>",
-        bos_token="<s>",
-        eos_token="</s>",
-        pad_token="<pad>",
-        extra_special_tokens={"image_token": "<image>"},
-    )
-    image_id = tok.convert_tokens_to_ids("<image>")
-    text = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=128,
-        intermediate_size=256,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        head_dim=64,
-        max_position_embeddings=1024,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-    )
-    vision = CLIPVisionConfig(
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        image_size=56,
-        patch_size=14,
-        projection_dim=64,
-    )
-    cfg = LlavaConfig(
-        vision_config=vision,
-        text_config=text,
-        image_token_index=image_id,
-        vision_feature_layer=-2,
-        vision_feature_select_strategy="default",
-    )
-    _seed_all(seed)
-    model = LlavaForConditionalGeneration(cfg)
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
-    _rename_llava_vision_weights(out)
+
+def llava_processor(tok, image_size: int, patch_size: int):
+    """A LlavaProcessor whose CLIP image processor turns any square image into image_size px
+    (shortest edge, then centre crop), so every input gives the same number of image tokens."""
+    from transformers import CLIPImageProcessor, LlavaProcessor
+
     image_processor = CLIPImageProcessor(
-        size={"shortest_edge": 56}, crop_size={"height": 56, "width": 56}
+        size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
     )
-    processor = LlavaProcessor(
+    return LlavaProcessor(
         image_processor=image_processor,
         tokenizer=tok,
-        patch_size=14,
+        patch_size=patch_size,
+        # The CLIP tower adds a CLS token that the "default" strategy drops again: without this
+        # the processor expands <image> to one token fewer than the tower yields.
+        num_additional_image_tokens=1,
         vision_feature_select_strategy="default",
         chat_template=_LLAVA_CHAT,
     )
+
+
+def save_llava(model, processor, out: Path) -> Path:
+    """Save a LLaVA checkpoint vLLM CPU loads: weights (vision keys renamed), processor,
+    tokenizer with the chat template."""
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    _rename_llava_vision_weights(out)
     processor.save_pretrained(out)
+    tok = processor.tokenizer
     tok.chat_template = _LLAVA_CHAT
     tok.save_pretrained(out)
     return out
+
+
+def make_llava(out: Path, seed: int = 0) -> Path:
+    """Tiny LLaVA-1.5: CLIP vision tower (56 px, patch 14) + 2-layer Llama, byte-level BPE."""
+    from transformers import LlavaForConditionalGeneration
+
+    tok = llava_tokenizer(train_bpe(_LLAVA_SPECIALS))
+    cfg = llava_config(tok)
+    _seed_all(seed)
+    model = LlavaForConditionalGeneration(cfg)
+    return save_llava(model, llava_processor(tok, 56, 14), out)
 
 
 def _rename_llava_vision_weights(out: Path) -> None:
@@ -164,24 +206,13 @@ def _rename_llava_vision_weights(out: Path) -> None:
     save_file(renamed, path, metadata={"format": "pt"})
 
 
-def make_qwen2_vl(out: Path, seed: int = 0) -> Path:
-    """Tiny Qwen2-VL: 2-block vision tower (patch 14, merge 2) + 2-layer Qwen2, byte-level BPE."""
-    from transformers import (
-        PreTrainedTokenizerFast,
-        Qwen2VLConfig,
-        Qwen2VLForConditionalGeneration,
-        Qwen2VLImageProcessor,
-        Qwen2VLProcessor,
-        Qwen2VLVideoProcessor,
-    )
+def qwen2_vl_config(tok, text: dict | None = None, vision: dict | None = None):
+    """A Qwen2VLConfig for `tok` (a `qwen_tokenizer`); `text` / `vision` override the tiny
+    defaults (Qwen2 128 wide x 2 layers, heads of 64; vision 2 blocks, patch 14, merge 2)."""
+    from transformers import Qwen2VLConfig
 
-    tok = PreTrainedTokenizerFast(
-        tokenizer_object=_train_tokenizer(_QWEN_SPECIALS),
-        eos_token="<|im_end|>",
-        pad_token="<|endoftext|>",
-    )
     ids = {t: tok.convert_tokens_to_ids(t) for t in _QWEN_SPECIALS}
-    cfg = Qwen2VLConfig(
+    return Qwen2VLConfig(
         text_config={
             "vocab_size": len(tok),
             "hidden_size": 128,
@@ -193,6 +224,7 @@ def make_qwen2_vl(out: Path, seed: int = 0) -> Path:
             "rope_scaling": {"type": "mrope", "mrope_section": [16, 8, 8]},
             "bos_token_id": ids["<|endoftext|>"],
             "eos_token_id": ids["<|im_end|>"],
+            **(text or {}),
         },
         vision_config={
             "depth": 2,
@@ -202,28 +234,50 @@ def make_qwen2_vl(out: Path, seed: int = 0) -> Path:
             "patch_size": 14,
             "spatial_merge_size": 2,
             "temporal_patch_size": 2,
+            **(vision or {}),
         },
         image_token_id=ids["<|image_pad|>"],
         video_token_id=ids["<|video_pad|>"],
         vision_start_token_id=ids["<|vision_start|>"],
         vision_end_token_id=ids["<|vision_end|>"],
     )
-    _seed_all(seed)
-    model = Qwen2VLForConditionalGeneration(cfg)
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
-    # 56x56 px -> 4x4 patches -> 4 image tokens after the 2x2 merge: tiny and fast.
-    image_processor = Qwen2VLImageProcessor(min_pixels=56 * 56, max_pixels=112 * 112)
-    processor = Qwen2VLProcessor(
-        image_processor=image_processor,
+
+
+def qwen2_vl_processor(tok, min_pixels: int = 56 * 56, max_pixels: int = 112 * 112):
+    """A Qwen2VLProcessor whose image processor keeps images between min_pixels and max_pixels
+    (the processor rounds sides to multiples of patch x merge = 28)."""
+    from transformers import Qwen2VLImageProcessor, Qwen2VLProcessor, Qwen2VLVideoProcessor
+
+    pixels = {"min_pixels": min_pixels, "max_pixels": max_pixels}
+    return Qwen2VLProcessor(
+        image_processor=Qwen2VLImageProcessor(**pixels),
         tokenizer=tok,
-        video_processor=Qwen2VLVideoProcessor(min_pixels=56 * 56, max_pixels=112 * 112),
+        video_processor=Qwen2VLVideoProcessor(**pixels),
         chat_template=_QWEN_CHAT,
     )
+
+
+def save_qwen2_vl(model, processor, out: Path) -> Path:
+    """Save a Qwen2-VL checkpoint: weights, processor, tokenizer with the chat template."""
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
     processor.save_pretrained(out)
+    tok = processor.tokenizer
     tok.chat_template = _QWEN_CHAT
     tok.save_pretrained(out)
     return out
+
+
+def make_qwen2_vl(out: Path, seed: int = 0) -> Path:
+    """Tiny Qwen2-VL: 2-block vision tower (patch 14, merge 2) + 2-layer Qwen2, byte-level BPE."""
+    from transformers import Qwen2VLForConditionalGeneration
+
+    tok = qwen_tokenizer(train_bpe(_QWEN_SPECIALS))
+    cfg = qwen2_vl_config(tok)
+    _seed_all(seed)
+    model = Qwen2VLForConditionalGeneration(cfg)
+    # 56x56 px -> 4x4 patches -> 4 image tokens after the 2x2 merge: tiny and fast.
+    return save_qwen2_vl(model, qwen2_vl_processor(tok), out)
 
 
 def make_tiny_models(root: str | Path, families=TINY_FAMILIES, seed: int = 0) -> dict[str, Path]:
