@@ -177,7 +177,9 @@ def add_train_commands(sub) -> None:
         "--long-texts",
         type=int,
         default=1,
-        help="T long texts per image, each [CLS] + K corners in the loss (dreamlip: num_text)",
+        help="T long texts per image, each [CLS] + K corners in the loss (dreamlip: num_text); "
+        "0 trains on the short captions only (the short-caption baseline; needs "
+        "--corner-tokens 0)",
     )
     p.add_argument(
         "--mllm-short-texts",

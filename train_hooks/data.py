@@ -230,7 +230,8 @@ class ShardStream(IterableDataset):
         if not self.shards:
             raise ValueError("the shards hold no ok samples to train on")
         self.tok, self.cfg = tokenizer, cfg
-        self.spec = TextSpec(
+        # T = 0: short captions only (the short-caption baseline); no long text is built.
+        self.spec = None if cfg.long_texts == 0 else TextSpec(
             mode=cfg.text_mode,
             k=cfg.subcaptions,
             m=cfg.window,
@@ -277,9 +278,11 @@ class ShardStream(IterableDataset):
         """(pixels, 1 + n short texts, T long texts as lists of pieces) of one record."""
         c = self.cfg
         rng = random.Random(sample_seed(c.seed, epoch, rec["key"]))
-        longs = training_texts(rec["long_captions"], self.spec, rng, self.tok.count)
-        # No long caption: the sample still trains, each long text being its short caption.
-        longs = longs or [[rec["caption"]]] * self.spec.texts
+        longs: list[list[str]] = []
+        if self.spec is not None:
+            longs = training_texts(rec["long_captions"], self.spec, rng, self.tok.count)
+            # No long caption: the sample still trains, each long text being its short caption.
+            longs = longs or [[rec["caption"]]] * self.spec.texts
         shorts = short_texts(
             rec["caption"], rec.get("short_captions"), c.mllm_short_texts, rng, c.models
         )
@@ -292,6 +295,9 @@ class ShardStream(IterableDataset):
     def _stack(self, texts_per_sample: list[list[Any]]) -> tuple[torch.Tensor, torch.Tensor]:
         """[N, B, L] ids and mask from N texts per sample (text-major, as the model reads)."""
         n, b = len(texts_per_sample[0]), len(texts_per_sample)
+        if n == 0:  # T = 0 long texts
+            empty = torch.zeros(0, b, 1, dtype=torch.long)
+            return empty, empty.bool()
         ids, mask = self.tok([texts_per_sample[i][t] for t in range(n) for i in range(b)])
         return ids.view(n, b, -1), mask.view(n, b, -1)
 

@@ -298,7 +298,8 @@ class LoTLIP(nn.Module):
 
         short_* are [S, B, L] (or [B, L] for S = 1): S short texts per image, each read from its
         [CLS]. long_* are [T, B, L] (or [B, L]): T long texts, each read from [CLS] and its K
-        corners, as LoTLIP's encode_text does for its multi-text input. Returns
+        corners, as LoTLIP's encode_text does for its multi-text input; T may be 0 (short
+        texts only). Returns
         {"image_features": [B, D], "text_features": [S + T(1 + K), B, D] (short [CLS]s, then per
         long text its [CLS] and corners), "logit_scale": scalar}; all features normalised.
         """
@@ -309,13 +310,17 @@ class LoTLIP(nn.Module):
         s, b = short_ids.shape[:2]
         t = long_ids.shape[0]
         img = self.encode_image(pixels)
-        short = self.encode_text(short_ids.flatten(0, 1), short_mask.flatten(0, 1))
-        long = self.encode_text(long_ids.flatten(0, 1), long_mask.flatten(0, 1), with_corners=True)
-        # [1 + K, T * B, D] -> [T * (1 + K), B, D]: each long text's [CLS] then its corners.
-        long = long.unflatten(1, (t, b)).transpose(0, 1).flatten(0, 1)
+        short = self.encode_text(short_ids.flatten(0, 1), short_mask.flatten(0, 1)).view(s, b, -1)
+        feats = [short]
+        if t:  # T = 0: short texts only
+            long = self.encode_text(
+                long_ids.flatten(0, 1), long_mask.flatten(0, 1), with_corners=True
+            )
+            # [1 + K, T * B, D] -> [T * (1 + K), B, D]: each long text's [CLS] then its corners.
+            feats.append(long.unflatten(1, (t, b)).transpose(0, 1).flatten(0, 1))
         return {
             "image_features": img,
-            "text_features": torch.cat([short.view(s, b, -1), long], dim=0),
+            "text_features": torch.cat(feats, dim=0),
             "logit_scale": self.scale(),
         }
 

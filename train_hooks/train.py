@@ -46,7 +46,7 @@ class TrainConfig:
     subcaptions: int = 4  # k (k mode only)
     window: int = 1  # m
     mode: str = ACROSS_MODELS  # across_models (fills the context) | one_model
-    long_texts: int = 1  # T long texts per image, each [CLS] + K corners in the loss
+    long_texts: int = 1  # T long texts per image, each [CLS] + K corners in the loss; 0: none
     mllm_short_texts: int = 0  # extra short texts per image from the MLLMs' short captions
     dreamlip_off_by_one: bool = False  # dreamlip mode: DreamLIP's start range, for comparisons
     models: list[str] | None = None  # only these models' long captions (default: all)
@@ -213,6 +213,13 @@ def setup(cfg: TrainConfig) -> Run:
     """Process group, seeds, tokenizer, model (DDP-wrapped), optimizer, schedule, objective."""
     from torch.nn.parallel import DistributedDataParallel as DDP
 
+    if cfg.long_texts < 0:
+        raise ValueError(f"--long-texts must be >= 0, got {cfg.long_texts}")
+    if cfg.long_texts == 0 and cfg.corner_tokens:
+        raise ValueError(
+            "--long-texts 0 trains on short captions only, and corner tokens only ever read long "
+            f"texts: set --corner-tokens 0 (got {cfg.corner_tokens})"
+        )
     terms = 1 + cfg.mllm_short_texts + cfg.long_texts * (1 + cfg.corner_tokens)
     if cfg.loss_weights is not None and len(cfg.loss_weights) != terms:
         raise ValueError(
