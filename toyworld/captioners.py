@@ -69,7 +69,16 @@ from recaption.tiny_models import (
     save_qwen2_vl,
     train_bpe,
 )
-from toyworld.scenes import Scene, render, sample_scene
+from toyworld.scenes import (
+    BACKGROUNDS,
+    COLORS,
+    SHAPES,
+    SIZES,
+    Scene,
+    cell_labels,
+    render,
+    sample_scene,
+)
 from toyworld.styles import STYLES, accuracy
 
 WEIGHTS = Path(__file__).resolve().parent / "weights"
@@ -89,10 +98,10 @@ HELDOUT_SEED_OFFSET = 1_000_003  # held-out scenes come from a stream training n
 # Model shapes. Text heads are 64 wide: vLLM's CPU attention wants head sizes like 32/64/80.
 SPECS: dict[str, dict[str, Any]] = {
     "llava-1.5": {
-        # 64 px, patch 16: 16 image tokens, as in shared/ENVIRONMENT.md. (96 px with patch 32,
-        # one token per cell, stayed on the blind plateau for 2,400 steps of batch 16.)
-        "image_size": 64,
-        "patch_size": 16,
+        # 72 px, patch 24: 9 image tokens, one per grid cell, in reading order (so that
+        # `pretrain_vision` can teach each token its cell's content).
+        "image_size": 72,
+        "patch_size": 24,
         "text": {
             "hidden_size": 128,
             "intermediate_size": 256,
@@ -198,7 +207,7 @@ def make_batch(family: str, processor, scenes: list[Scene], rng: random.Random, 
     return batch
 
 
-def generate(family: str, model, processor, images, prompt: str = PROMPTS[0], max_new_tokens=96):
+def generate(family: str, model, processor, images, prompt: str = PROMPTS[0], max_new_tokens=160):
     """Greedy captions from transformers for PIL images (the held-out check's reference path)."""
     import torch
 
@@ -254,7 +263,7 @@ def check_vllm(model_dir: str | Path, family: str, n: int = 200, seed: int = 0) 
         family=family,
         path=str(model_dir),
         prompts=[PROMPTS[0]],
-        max_tokens=96,
+        max_tokens=160,
         temperature=0.0,
         max_model_len=512,
     )
@@ -263,6 +272,102 @@ def check_vllm(model_dir: str | Path, family: str, n: int = 200, seed: int = 0) 
     gens = engine.generate([f"{i:05d}" for i in range(n)], images)
     captions = [clean_caption(g.raw_text, g.finish_reason).text for g in gens]
     return {**accuracy(scenes, captions), "examples": captions[:3], "captions": captions}
+
+
+def image_tokens(family: str, model, inputs):
+    """The image tokens the language model reads, [B, 9, D]: one per grid cell, row-major
+    (LLaVA: one patch per cell; Qwen2-VL: one 2x2-merged token per cell)."""
+    import torch
+
+    if family == "llava-1.5":
+        out = model.get_image_features(
+            pixel_values=inputs["pixel_values"],
+            vision_feature_layer=model.config.vision_feature_layer,
+            vision_feature_select_strategy=model.config.vision_feature_select_strategy,
+        )
+    else:
+        out = model.get_image_features(
+            pixel_values=inputs["pixel_values"], image_grid_thw=inputs["image_grid_thw"]
+        )
+    feats = torch.stack(list(out.pooler_output))
+    if feats.shape[1] != 9:
+        raise RuntimeError(f"{family}: {feats.shape[1]} image tokens, expected one per cell (9)")
+    return feats
+
+
+def cell_targets(scenes: list[Scene]):
+    """`scenes.cell_labels` of a batch as tensors: ({"shape", "color", "size"}: [B, 9], bg: [B])."""
+    import torch
+
+    labels = [cell_labels(s) for s in scenes]
+    names = ("shape", "color", "size")
+    targets = {n: torch.tensor([lab[i] for lab in labels]) for i, n in enumerate(names)}
+    return targets, torch.tensor([lab[3] for lab in labels])
+
+
+def pretrain_vision(
+    family: str,
+    model,
+    processor,
+    rng: random.Random,
+    minutes: float,
+    batch_size: int = 64,
+    lr: float = 2e-3,
+    log_every: int = 50,
+) -> list[dict[str, Any]]:
+    """Stage 1: teach the vision tower and projector, alone, what each cell holds. Linear heads
+    on each image token predict its cell's shape, colour and size (or empty), and the mean token
+    the background; the heads are dropped afterwards. Without this stage a captioner first
+    learns the caption grammar blind and sits on that plateau for thousands of steps."""
+    import torch
+    from torch import nn
+
+    dim = model.config.text_config.hidden_size
+    heads = nn.ModuleDict(
+        {
+            "shape": nn.Linear(dim, 1 + len(SHAPES)),
+            "color": nn.Linear(dim, 1 + len(COLORS)),
+            "size": nn.Linear(dim, 1 + len(SIZES)),
+            "background": nn.Linear(dim, len(BACKGROUNDS)),
+        }
+    )
+    vision = [p for n, p in model.named_parameters() if _is_vision(n)]
+    opt = torch.optim.AdamW([*vision, *heads.parameters()], lr=lr, weight_decay=0.01)
+    log: list[dict[str, Any]] = []
+    t0, step, running, acc = time.monotonic(), 0, None, None
+    model.train()
+    while time.monotonic() - t0 < minutes * 60:
+        scenes = [sample_scene(rng) for _ in range(batch_size)]
+        inputs = processor.image_processor(
+            [serve_like(s, rng) for s in scenes], return_tensors="pt"
+        )
+        feats = image_tokens(family, model, inputs)
+        targets, bg = cell_targets(scenes)
+        loss = nn.functional.cross_entropy(heads["background"](feats.mean(1)), bg)
+        right = torch.ones(batch_size, 9, dtype=torch.bool)
+        for name, t in targets.items():
+            logits = heads[name](feats)
+            loss = loss + nn.functional.cross_entropy(logits.flatten(0, 1), t.flatten())
+            right &= logits.argmax(-1) == t
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vision, 1.0)  # an unclipped run spiked (loss 0.4 -> 1.9)
+        opt.step()
+        step += 1
+        running = loss.item() if running is None else 0.9 * running + 0.1 * loss.item()
+        cells = right.float().mean().item()
+        acc = cells if acc is None else 0.9 * acc + 0.1 * cells
+        if step % log_every == 0:
+            entry = {
+                "stage": "vision",
+                "step": step,
+                "loss": round(running, 4),
+                "cells_right": round(acc, 4),
+                "seconds": round(time.monotonic() - t0, 1),
+            }
+            log.append(entry)
+            print(json.dumps(entry), flush=True)
+    return log
 
 
 def train(
@@ -280,6 +385,7 @@ def train(
     init: str | Path | None = None,
     vision_lr_mult: float = 3.0,
     save_every: int = 500,
+    vision_minutes: float = 0.0,
 ) -> dict[str, Any]:
     """Train a captioner of `family` on fresh scenes until `steps` or `minutes` run out, check it
     on `check_n` held-out scenes (transformers, greedy) and save everything to `out` (None: do
@@ -301,6 +407,7 @@ def train(
         "prompts": list(PROMPTS),
         "render_sizes": list(RENDER_SIZES),
         "vision_lr_mult": vision_lr_mult,
+        "vision_minutes": vision_minutes,
     }
     if init is not None:
         init_family, model, processor = load(init)
@@ -314,6 +421,9 @@ def train(
         model, processor = build(family, spec, seed)
         stream = seed
     rng = random.Random(stream)
+    log: list[dict[str, Any]] = []
+    if vision_minutes:
+        log += pretrain_vision(family, model, processor, rng, vision_minutes)
     # The vision side learns faster than the language model by default: a captioner first
     # learns the caption grammar blind (loss plateau at the entropy of the scene's attributes)
     # and the image has to pull it off that plateau.
@@ -327,7 +437,6 @@ def train(
     warmup = 0 if init is not None else 50
     t0 = time.monotonic()
     budget = minutes * 60
-    log: list[dict[str, Any]] = []
     step, running = 0, None
     model.train()
     while True:
@@ -450,6 +559,12 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--lr", type=float, default=2e-3)
     t.add_argument("--init", default=None, help="continue training this saved captioner")
     t.add_argument("--vision-lr-mult", type=float, default=3.0)
+    t.add_argument(
+        "--vision-minutes",
+        type=float,
+        default=0.0,
+        help="first train the vision side alone on per-cell labels (stage 1) for this long",
+    )
     t.add_argument("--spec", default=None, help="JSON model shape replacing SPECS[family]")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--threads", type=int, default=2)
@@ -472,6 +587,7 @@ def main(argv: list[str] | None = None) -> int:
             args.threads,
             init=args.init,
             vision_lr_mult=args.vision_lr_mult,
+            vision_minutes=args.vision_minutes,
             spec=json.loads(args.spec) if args.spec else None,
         )
         return 0

@@ -92,6 +92,19 @@ def sample_scene(rng: random.Random, min_objects: int = 2, max_objects: int = 6)
     return Scene(rng.choice(sorted(BACKGROUNDS)), objs)
 
 
+def cell_labels(scene: Scene) -> tuple[list[int], list[int], list[int], int]:
+    """Class labels of a scene for supervised pretraining, per cell in reading order: shape,
+    colour and size indices (0 = empty cell, else 1 + index in SHAPES / sorted COLORS / SIZES),
+    and the background's index in sorted BACKGROUNDS."""
+    shape, color, size = [0] * 9, [0] * 9, [0] * 9
+    for o in scene.objects:
+        c = o.row * 3 + o.col
+        shape[c] = 1 + SHAPES.index(o.shape)
+        color[c] = 1 + sorted(COLORS).index(o.color)
+        size[c] = 1 + list(SIZES).index(o.size)
+    return shape, color, size, sorted(BACKGROUNDS).index(scene.background)
+
+
 def alt_text(scene: Scene) -> str:
     """Web-style alt-text: the most salient object only ('a large red circle')."""
     return scene.salient().phrase()
