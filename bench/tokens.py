@@ -26,8 +26,8 @@ def main() -> None:
 
     from transformers import AutoTokenizer
 
-    from pipeline.sample_data import synthetic_long_captions
     from shards.tokens import count_tokens, default_vocab_path
+    from toyworld.sample_data import synthetic_long_captions
 
     texts = synthetic_long_captions(args.n, seed=0)
     baseline_tok = AutoTokenizer.from_pretrained(str(default_vocab_path().parent))

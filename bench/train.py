@@ -25,8 +25,8 @@ CAPTIONERS = ("llava", "qwen", "sharegpt4v")
 
 
 def build_shards(root: Path, n: int, captioners: int = 2, size: int = 256) -> Path:
-    from pipeline.sample_data import make_sample
     from shards.assemble import AssembleConfig, assemble
+    from toyworld.sample_data import make_sample
 
     models = CAPTIONERS[:captioners]
     manifest = make_sample(root / "sample", n=n, seed=0, size=size, bad_rows=False, models=models)

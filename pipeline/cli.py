@@ -66,7 +66,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
 
 
 def _cmd_tiny_models(args: argparse.Namespace) -> int:
-    from recaption.tiny_models import make_tiny_models
+    from toyworld.tiny_models import make_tiny_models
 
     made = make_tiny_models(args.dir, seed=args.seed)
     for family, path in made.items():

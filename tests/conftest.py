@@ -27,7 +27,7 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 @pytest.fixture
 def sample_manifest(tmp_path):
     """A 24-image manifest with two pretend models, plus three bad rows."""
-    from pipeline.sample_data import make_sample
+    from toyworld.sample_data import make_sample
 
     return make_sample(tmp_path / "sample", n=24, size=48, seed=1)
 
@@ -46,7 +46,7 @@ def built_shards(tmp_path, sample_manifest):
 def tiny_models(tmp_path_factory):
     """The two tiny VLMs `longcap tiny-models` makes (built once per test session)."""
     pytest.importorskip("vllm")
-    from recaption.tiny_models import make_tiny_models
+    from toyworld.tiny_models import make_tiny_models
 
     return make_tiny_models(tmp_path_factory.mktemp("models"))
 

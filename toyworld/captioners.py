@@ -56,7 +56,18 @@ from pathlib import Path
 from typing import Any
 
 from recaption.families import get_family
-from recaption.tiny_models import (
+from toyworld.scenes import (
+    BACKGROUNDS,
+    COLORS,
+    SHAPES,
+    SIZES,
+    Scene,
+    cell_labels,
+    render,
+    sample_scene,
+)
+from toyworld.styles import STYLES, accuracy
+from toyworld.tiny_models import (
     _LLAVA_SPECIALS,
     _QWEN_SPECIALS,
     llava_config,
@@ -69,17 +80,6 @@ from recaption.tiny_models import (
     save_qwen2_vl,
     train_bpe,
 )
-from toyworld.scenes import (
-    BACKGROUNDS,
-    COLORS,
-    SHAPES,
-    SIZES,
-    Scene,
-    cell_labels,
-    render,
-    sample_scene,
-)
-from toyworld.styles import STYLES, accuracy
 
 WEIGHTS = Path(__file__).resolve().parent / "weights"
 FAMILIES = tuple(STYLES)

@@ -228,7 +228,7 @@ def build_env():
 @pytest.fixture(scope="module")
 def url_list(tmp_path_factory):
     """urls.csv (44 images and the bad rows), served on 127.0.0.1 for the whole module."""
-    from pipeline.loopback import make_url_list, serve
+    from toyworld.loopback import make_url_list, serve
 
     root = tmp_path_factory.mktemp("urls")
     with serve(root / "www") as base:

@@ -196,7 +196,7 @@ def test_output_folder_or_its_captions_folder(dataset, tmp_path):
 
 
 def test_captions_for_a_manifest_input_are_refused(tmp_path, dataset):
-    from pipeline.sample_data import make_sample
+    from toyworld.sample_data import make_sample
 
     manifest = make_sample(tmp_path / "m", n=3, size=32)
     with pytest.raises(InputError) as info:

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture
 def server(tmp_path):
-    from pipeline.loopback import serve
+    from toyworld.loopback import serve
 
     root = tmp_path / "www"
     root.mkdir()
@@ -78,7 +78,7 @@ def test_scene_truth_travels_from_the_url_list_through_ingest_and_assembly(tmp_p
     import tarfile
 
     from pipeline.ingest import IngestConfig, prepare_url_list, start_ingest
-    from pipeline.loopback import make_url_list, serve
+    from toyworld.loopback import make_url_list, serve
     from toyworld.samples import scene_rows
     from toyworld.scenes import Scene, alt_text
 

@@ -29,7 +29,7 @@ def _csv_rows(path):
 
 
 def test_url_list_of_scenes_has_truth_and_the_same_awkward_rows(tmp_path):
-    from pipeline.loopback import make_url_list
+    from toyworld.loopback import make_url_list
 
     path = make_url_list(tmp_path / "s", "http://127.0.0.1:1", n=5, scenes=True, seed=1)
     header, *rows = _csv_rows(path)
@@ -45,7 +45,7 @@ def test_url_list_of_scenes_has_truth_and_the_same_awkward_rows(tmp_path):
 
 def test_default_url_list_is_unchanged_by_the_scenes_option(tmp_path):
     """`make demo` uses the default: DreamLIP-shaped columns, no truth."""
-    from pipeline.loopback import LIST_LONG_COLUMNS, make_url_list
+    from toyworld.loopback import LIST_LONG_COLUMNS, make_url_list
 
     path = make_url_list(tmp_path / "d", "http://127.0.0.1:1", n=3)
     header, *rows = _csv_rows(path)

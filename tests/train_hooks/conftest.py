@@ -12,7 +12,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 @pytest.fixture(scope="session")
 def shards_dir(tmp_path_factory):
     from pipeline.cli import main as longcap
-    from pipeline.sample_data import make_sample
+    from toyworld.sample_data import make_sample
 
     root = tmp_path_factory.mktemp("train_data")
     manifest = make_sample(root / "sample", n=40, seed=1, size=48)

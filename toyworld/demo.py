@@ -65,7 +65,7 @@ def _step(n: int, text: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.demo")
+    parser = argparse.ArgumentParser(prog="python -m toyworld.demo")
     parser.add_argument("--out", default="demo_out", help="folder for everything (recreated)")
     parser.add_argument("--images", type=int, default=300)
     parser.add_argument("--train-steps", type=int, default=600)
@@ -76,8 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
 
     from pipeline.build import main as build
-    from pipeline.loopback import make_url_list, serve
-    from recaption.tiny_models import make_tiny_models
+    from toyworld.loopback import make_url_list, serve
+    from toyworld.tiny_models import make_tiny_models
 
     _step(1, f"generating {args.images} images and a URL list, served from 127.0.0.1")
     (out / "www").mkdir()
@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         return rc
 
     _step(4, "training a tiny corner-token model (retrieval R@1 before and after)")
-    from train_hooks.demo import run_demo_training
+    from toyworld.demo_train import run_demo_training
 
     run_demo_training(
         out / "build" / "shards", out / "train_run", steps=args.train_steps, models=LIST_MODELS

@@ -29,7 +29,7 @@ _QWEN_SPECIALS = [
 
 
 def _corpus() -> list[str]:
-    from pipeline.sample_data import synthetic_long_captions
+    from toyworld.sample_data import synthetic_long_captions
 
     prompts = [
         "USER: ASSISTANT: Describe the image in detail.",

@@ -1,7 +1,7 @@
 """A URL list served from 127.0.0.1: what `make demo` and the build tests download from.
 
 `serve(folder)` runs a threaded HTTP server on a free loopback port (a context manager that
-stops it). `make_url_list(...)` generates images with `pipeline.sample_data` (or, with
+stops it). `make_url_list(...)` generates images with `toyworld.sample_data` (or, with
 `scenes=True`, toyworld scenes with their truth), and a CSV that points at them, with the awkward
 rows a real list has when `bad_rows` is set: a 404, a duplicate URL, an empty URL, an HTML page
 served as .jpg, a 1-pixel image, a 30,000-pixel-wide image, and a caption that is not UTF-8.
@@ -67,7 +67,7 @@ def make_url_list(
         manifest = make_scene_samples(www, n=n, seed=seed)
         extra_columns: tuple[str, ...] = ("truth",)
     else:
-        from pipeline.sample_data import make_sample
+        from toyworld.sample_data import make_sample
 
         manifest = make_sample(www, n=n, size=96, bad_rows=False, models=LIST_LONG_COLUMNS)
         extra_columns = LIST_LONG_COLUMNS

@@ -3,7 +3,8 @@
 Used by `make demo`, the tests and the benchmarks, so nothing is downloaded. Each image holds a
 few coloured shapes on a background; its raw caption is short (alt-text style) and its long
 captions, one per pretend model, describe every shape in MLLM style, with the abbreviations,
-decimals and lists that make sentence splitting hard. Same seed, same files.
+decimals and lists that make sentence splitting hard. Same seed, same files. Colours, shapes
+and backgrounds are `toyworld.scenes`' tables, the toy world's only ones.
 """
 
 from __future__ import annotations
@@ -14,18 +15,7 @@ import random
 from pathlib import Path
 from typing import Any
 
-COLORS = {
-    "red": (200, 40, 40),
-    "green": (40, 160, 60),
-    "blue": (40, 70, 200),
-    "yellow": (230, 200, 40),
-    "purple": (130, 50, 160),
-    "orange": (240, 140, 30),
-    "white": (245, 245, 245),
-    "black": (20, 20, 20),
-}
-SHAPES = ("circle", "square", "triangle", "bar")
-BACKGROUNDS = {"grey": (128, 128, 128), "beige": (225, 210, 180), "sky blue": (150, 200, 240)}
+from toyworld.scenes import BACKGROUNDS, COLORS, SHAPES
 
 
 def _where(x: float, y: float) -> str:
