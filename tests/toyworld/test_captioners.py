@@ -1,6 +1,5 @@
 """The tiny captioners: caption styles keep the clause contract the scorer reads, and training
-runs and saves a checkpoint that loads back. (Trained weights are not committed yet: the ones
-trained so far are below the accuracy bar; see toyworld/captioners.py.)"""
+(both stages) runs and saves a checkpoint that loads back."""
 
 from __future__ import annotations
 
@@ -44,12 +43,16 @@ def test_styles_differ_and_order_as_documented():
         ),
     )
     assert STYLES["llava-1.5"](scene) == (
-        "The image shows 2 objects on a grey background. In the top right there is a large red "
-        "circle. In the middle left there is a small blue bar."
+        "The image shows a grey background. The top left is empty. The top center is empty. "
+        "In the top right there is a large red circle. In the middle left there is a small blue "
+        "bar. The center is empty. The middle right is empty. The bottom left is empty. The "
+        "bottom center is empty. The bottom right is empty."
     )
     assert STYLES["qwen2-vl"](scene) == (
-        "2 shapes on a grey background, from left to right: a small blue bar at middle left, "
-        "and a large red circle at top right."
+        "Shapes on a grey background. Left column: nothing at top left, a small blue bar at "
+        "middle left, nothing at bottom left. Center column: nothing at top center, nothing at "
+        "center, nothing at bottom center. Right column: a large red circle at top right, "
+        "nothing at middle right, nothing at bottom right."
     )
 
 
@@ -70,8 +73,8 @@ def test_training_runs_a_few_steps(family, tmp_path):
 
     small = {
         "llava-1.5": {
-            "image_size": 96,
-            "patch_size": 32,
+            "image_size": 48,
+            "patch_size": 16,
             "text": {"hidden_size": 64, "intermediate_size": 64, "num_hidden_layers": 1},
             "vision": {"hidden_size": 32, "intermediate_size": 32, "num_hidden_layers": 1},
         },
@@ -91,12 +94,15 @@ def test_training_runs_a_few_steps(family, tmp_path):
         check_n=2,
         spec=small,
         threads=1,
+        vision_minutes=0.05,
     )
-    losses = [e["loss"] for e in res["log"]]
+    vision = [e for e in res["log"] if e.get("stage") == "vision"]
+    assert vision and all(0 <= e["cells_right"] <= 1 for e in vision)
+    losses = [e["loss"] for e in res["log"] if "stage" not in e]
     assert len(losses) == 4 and all(loss > 0 for loss in losses)
     assert res["config"]["steps_taken"] == 4
     assert set(res["heldout"]) >= {"correct", "hallucinated"}
     fam, model, processor = load(tmp_path / family)
     assert fam == family
     assert (tmp_path / family / "model.safetensors").exists()
-    assert (tmp_path / family / "train_log.jsonl").read_text().count("\n") == 4
+    assert (tmp_path / family / "train_log.jsonl").read_text().count("\n") == 4 + len(vision)

@@ -120,6 +120,20 @@ def test_long_texts_and_short_texts_reach_the_loss(shards_dir, tmp_path, mode):
     assert saved["text_mode"] == mode and saved["long_texts"] == 2
 
 
+def test_short_captions_only(shards_dir, tmp_path):
+    """--long-texts 0 --corner-tokens 0: the short-caption baseline; one text term in the loss,
+    and long texts never read. With corner tokens it is refused (they only read long texts)."""
+    run = tmp_path / "short"
+    argv = ["train", "--shards", str(shards_dir), "--out", str(run), "--long-texts", "0"]
+    argv += ["--corner-tokens", "0", "--context-length", "64", "--steps", "2"]
+    argv += ["--batch-size", "8", "--workers", "0", "--no-progress"]
+    assert run_cli(argv) == 0
+    log = [json.loads(ln) for ln in (run / "log.jsonl").read_text().splitlines()]
+    assert [len(r["losses"]) for r in log] == [1, 1]
+    with pytest.raises(ValueError, match="set --corner-tokens 0"):
+        run_cli([*argv[:5], "--out", str(tmp_path / "k2"), "--long-texts", "0", "--steps", "1"])
+
+
 def test_cli_rejects_flags_of_another_mode(shards_dir, tmp_path):
     base = ["train", "--shards", str(shards_dir), "--out", str(tmp_path / "r")]
     with pytest.raises(SystemExit, match="--subcaptions applies to --text-mode k"):
