@@ -423,9 +423,7 @@ def train(
     rng = random.Random(stream)
     log: list[dict[str, Any]] = []
     if vision_minutes:
-        log += pretrain_vision(
-            family, model, processor, rng, vision_minutes, log_every=log_every
-        )
+        log += pretrain_vision(family, model, processor, rng, vision_minutes, log_every=log_every)
     # The vision side learns faster than the language model by default: a captioner first
     # learns the caption grammar blind (loss plateau at the entropy of the scene's attributes)
     # and the image has to pull it off that plateau.
