@@ -74,6 +74,13 @@ def _cmd_tiny_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_toy(args: argparse.Namespace) -> int:
+    # The toy world is not a product path: imported only when this command runs.
+    from toyworld.experiment import main as toy_main
+
+    return toy_main(args.toy_args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from shards.split import ENGINES  # light: re, nltk's punkt module
 
@@ -121,6 +128,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dir", help="folder; one subfolder per family (llava-1.5, qwen2-vl)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_tiny_models)
+
+    p = sub.add_parser(
+        "toy",
+        help="the toy world's experiment: longcap toy experiment --seed S --out DIR [--quick]; "
+        "longcap toy summarize DIR... (see docs/RESULTS.md)",
+        add_help=False,
+    )
+    p.add_argument("toy_args", nargs=argparse.REMAINDER)
+    p.set_defaults(func=_cmd_toy)
 
     p = sub.add_parser("stats", help="LoTLIP Table 1 statistics of a built dataset")
     p.add_argument("dir", help="folder of longcap shards")

@@ -316,9 +316,10 @@ def pretrain_vision(
     log_every: int = 50,
 ) -> list[dict[str, Any]]:
     """Stage 1: teach the vision tower and projector, alone, what each cell holds. Linear heads
-    on each image token predict its cell's shape, colour and size (or empty), and the mean token
-    the background; the heads are dropped afterwards. Without this stage a captioner first
-    learns the caption grammar blind and sits on that plateau for thousands of steps."""
+    on each image token predict its cell's shape, colour and size (or empty) and which cell it
+    is, and the mean token the background; the heads are dropped afterwards. Without this
+    stage a captioner first learns the caption grammar blind and sits on that plateau for
+    thousands of steps."""
     import torch
     from torch import nn
 
@@ -329,6 +330,7 @@ def pretrain_vision(
             "color": nn.Linear(dim, 1 + len(COLORS)),
             "size": nn.Linear(dim, 1 + len(SIZES)),
             "background": nn.Linear(dim, len(BACKGROUNDS)),
+            "cell": nn.Linear(dim, 9),
         }
     )
     vision = [p for n, p in model.named_parameters() if _is_vision(n)]
@@ -343,6 +345,9 @@ def pretrain_vision(
         )
         feats = image_tokens(family, model, inputs)
         targets, bg = cell_targets(scenes)
+        # Which cell a token is, too: the language model finds a cell's token by its content
+        # (positions in the text vary), so each token must also say where it is.
+        targets["cell"] = torch.arange(9).expand(batch_size, 9)
         loss = nn.functional.cross_entropy(heads["background"](feats.mean(1)), bg)
         right = torch.ones(batch_size, 9, dtype=torch.bool)
         for name, t in targets.items():

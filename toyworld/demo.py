@@ -1,108 +1,103 @@
-"""`make demo`: the whole build on a generated sample, with no GPU and no download.
+"""`make demo`: the whole build on toy scenes, with no GPU and no download, then a short training
+run judged on held-out scenes.
 
-1. generate a few hundred images with captions, a URL list pointing at them (with the awkward
-   rows real lists have: a 404, a duplicate, an empty URL, an HTML page, a 1-pixel and a
-   30,000-pixel image, a non-UTF-8 caption), and serve them from 127.0.0.1;
-2. create two tiny random VLMs (`longcap tiny-models`);
-3. `longcap build`: img2dataset downloads the list into shards, each shard is recaptioned by both
-   models on vLLM's CPU build in a local Ray as soon as it lands, assembled (cleaned, split,
-   counted) as soon as both models are done, and the statistics are printed and saved;
-4. train a tiny corner-token model on the result and print retrieval R@1 before and after.
-The tiny models' weights are random, so their captions are gibberish: they prove the machinery,
-not caption quality. Training uses the URL list's own long captions (columns `longLLA_captions`,
-`longIB_captions`, `longSV_captions`, read as models `llava-1.5`, `instructblip`, `sharegpt4v`, as
-in DreamLIP's released lists), which describe the images; their fill texts take about 90% of the
-192-token context.
+1. generate a few hundred toy scenes (`toyworld.scenes`: 2-6 shapes on a 3x3 grid, the truth
+   kept as a column), a URL list of (url, alt-text, truth) with the awkward rows real lists have
+   (a 404, a duplicate, an empty URL, an HTML page, a 1-pixel and a 30,000-pixel image, a
+   non-UTF-8 caption), served from 127.0.0.1;
+2. `longcap build`: img2dataset downloads the list into shards, each shard is recaptioned by the
+   two trained tiny captioners (`toyworld/weights/llava-1.5` and `qwen2-vl`, vLLM's CPU build in
+   a local Ray) as soon as it lands, assembled (cleaned, split, counted) as soon as both are done,
+   and the statistics are printed, with each captioner's accuracy against the truth;
+3. train a tiny corner-token model (K = 2, fill texts from both captioners, the frozen toy image
+   tower: LiT, as LoTLIP) on the result and print retrieval on held-out scenes, whose long texts
+   are the truth in a phrasing no captioner writes, before and after training.
+This is the `lotlip` variant of the toy experiment (`longcap toy experiment`, docs/RESULTS.md)
+at demo size.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
-
-LIST_MODELS = ["llava-1.5", "instructblip", "sharegpt4v"]
-
-
-def write_build_config(path: Path, url_list: Path, output: Path, models: dict[str, Path]) -> Path:
-    import yaml
-
-    # Paths in a config are relative to the config file: write them absolute.
-    cfg = {
-        "output": str(output.resolve()),
-        "ingest": {
-            "url_list": str(url_list.resolve()),
-            "image_size": 128,
-            "number_sample_per_shard": 100,
-            "threads": 8,
-        },
-        "models": [
-            {
-                "name": "tiny-llava",
-                "family": "llava-1.5",
-                "path": str(models["llava-1.5"].resolve()),
-                "prompts": ["Describe the image in detail.", "What is in this picture?"],
-                "max_tokens": 48,
-            },
-            {
-                "name": "tiny-qwen",
-                "family": "qwen2-vl",
-                "path": str(models["qwen2-vl"].resolve()),
-                "prompts": ["Describe this image in detail."],
-                "max_tokens": 48,
-            },
-        ],
-        "assemble": {"formats": ["parquet", "tar"]},
-    }
-    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    return path
 
 
 def _step(n: int, text: str) -> None:
-    print(f"\n[{n}/4] {text}", flush=True)
+    print(f"\n[{n}/3] {text}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m toyworld.demo")
     parser.add_argument("--out", default="demo_out", help="folder for everything (recreated)")
     parser.add_argument("--images", type=int, default=300)
-    parser.add_argument("--train-steps", type=int, default=600)
+    parser.add_argument("--heldout", type=int, default=200)
+    parser.add_argument("--train-steps", type=int, default=400)
+    parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     out = Path(args.out)
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     t0 = time.perf_counter()
 
-    from pipeline.build import main as build
-    from toyworld.loopback import make_url_list, serve
-    from toyworld.tiny_models import make_tiny_models
+    from toyworld.captioners import WEIGHTS
+    from toyworld.experiment import (
+        CAPTIONERS,
+        HELDOUT_SEED,
+        IMAGE_TOWER,
+        QUICK,
+        build_data,
+        evaluate,
+        untrained,
+        variant_train_config,
+    )
+    from toyworld.heldout import make_heldout_shards
 
-    _step(1, f"generating {args.images} images and a URL list, served from 127.0.0.1")
-    (out / "www").mkdir()
-    with serve(out / "www") as base_url:
-        url_list = make_url_list(out, base_url, n=args.images)
-        print(f"      {url_list} -> {base_url}/")
+    _step(1, f"{args.images} toy scenes and a URL list (with bad rows), served from 127.0.0.1")
+    for family in CAPTIONERS:
+        held = json.loads((WEIGHTS / family / "heldout.json").read_text())
+        acc = held.get("vllm") or held.get("transformers") or {}
+        right, wrong = 100 * acc.get("correct", 0), 100 * acc.get("hallucinated", 0)
+        print(
+            f"      captioner {family}: {WEIGHTS / family} (trained by toyworld.captioners; "
+            f"held-out objects right {right:.1f}%, wrong {wrong:.1f}%)"
+        )
+    _step(2, "longcap build: img2dataset -> recaption (2 trained captioners, vLLM CPU, local "
+          "Ray) -> assemble -> statistics")  # fmt: skip
+    shards = build_data(out, args.images, args.seed, WEIGHTS, bad_rows=True)
 
-        _step(2, "creating two tiny VLMs (random weights)")
-        models = make_tiny_models(out / "models")
-        for family, path in models.items():
-            print(f"      {family}: {path}")
+    _step(3, "training a tiny corner-token model; retrieval on held-out scenes before and after")
+    from train_hooks.evaluate import load_checkpoint
+    from train_hooks.train import train
 
-        _step(3, "longcap build: img2dataset -> recaption (2 models, vLLM CPU, local Ray) "
-              "-> assemble -> statistics")  # fmt: skip
-        config = write_build_config(out / "build.yaml", url_list, out / "build", models)
-        print(f"      config: {config}", flush=True)
-        rc = build(["--config", str(config)])
-    if rc:
-        return rc
-
-    _step(4, "training a tiny corner-token model (retrieval R@1 before and after)")
-    from toyworld.demo_train import run_demo_training
-
-    run_demo_training(
-        out / "build" / "shards", out / "train_run", steps=args.train_steps, models=LIST_MODELS
+    heldout = make_heldout_shards(out / "heldout", args.heldout, HELDOUT_SEED + args.seed)
+    before = untrained(heldout, args.seed, IMAGE_TOWER)
+    scale = replace(QUICK, steps=args.train_steps)
+    cfg = variant_train_config("lotlip", shards, out / "train_run", scale, args.seed)
+    print(
+        f"      longcap train --shards {shards} --out {cfg.out} --corner-tokens 2 "
+        f"--vision-weights {IMAGE_TOWER} --lock-image --steps {cfg.steps} "
+        f"--batch-size {cfg.batch_size} --lr {cfg.lr:g}",
+        flush=True,
+    )
+    train(cfg)
+    model, tok, _ = load_checkpoint(cfg.out)
+    after = evaluate(model, tok, heldout)
+    print(f"      held-out scenes: {args.heldout} (long text: the truth, phrased as no captioner)")
+    print("      | R@1 (%)    | before | after |")
+    for key, name in (
+        ("long_i2t_r1", "long i2t"),
+        ("long_t2i_r1", "long t2i"),
+        ("short_i2t_r1", "short i2t"),
+        ("short_t2i_r1", "short t2i"),
+    ):
+        print(f"      | {name:<10} | {before[key]:6.1f} | {after[key]:5.1f} |")
+    (out / "heldout_retrieval.json").write_text(
+        json.dumps({"before": before, "after": after}, indent=1) + "\n"
     )
     print(f"\ndone in {time.perf_counter() - t0:.0f}s. Everything is under {out}/:")
     for name, what in (
@@ -110,9 +105,11 @@ def main(argv: list[str] | None = None) -> int:
         ("build.yaml", "the build config"),
         ("build/ingest", "img2dataset's shards and the checked URL list"),
         ("build/recaption", "captions/<model>/NNNNN.parquet and recaption_report.json"),
-        ("build/shards", "the dataset: NNNNN.parquet, NNNNN.tar, NNNNN_stats.json"),
-        ("build/stats", "stats.json and histograms"),
+        ("build/shards", "the dataset: NNNNN.parquet, NNNNN_stats.json (with truth)"),
+        ("build/stats", "stats.json (with caption accuracy) and histograms"),
+        ("heldout/shards", "held-out scenes with truth texts"),
         ("train_run", "training run (log.jsonl, checkpoints/)"),
+        ("heldout_retrieval.json", "retrieval before and after training"),
     ):
         print(f"  {out / name}: {what}")
     return 0

@@ -122,15 +122,21 @@ def build_config(path: Path, url_list: Path, output: Path, captioners: Path) -> 
     return path
 
 
-def build_data(out: Path, n: int, seed: int, captioners: Path = WEIGHTS) -> Path:
-    """img2dataset on loopback -> recaption -> shards; returns the shards folder."""
+def build_data(
+    out: Path, n: int, seed: int, captioners: Path = WEIGHTS, bad_rows: bool = False
+) -> Path:
+    """Scenes served from 127.0.0.1 -> img2dataset -> recaption -> shards (`longcap build`);
+    returns the shards folder. `bad_rows`: the URL list also has the awkward rows real lists
+    have (a 404, a duplicate, an HTML page, ...), as the demo shows."""
     from pipeline.build import main as build
     from toyworld.loopback import make_url_list, serve
 
     (out / "www").mkdir(parents=True, exist_ok=True)
     with serve(out / "www") as base_url:
-        url_list = make_url_list(out, base_url, n=n, bad_rows=False, scenes=True, seed=seed)
+        url_list = make_url_list(out, base_url, n=n, bad_rows=bad_rows, scenes=True, seed=seed)
+        print(f"      {url_list} -> {base_url}/", flush=True)
         config = build_config(out / "build.yaml", url_list, out / "build", captioners)
+        print(f"      longcap build --config {config}", flush=True)
         rc = build(["--config", str(config)])
     if rc:
         raise RuntimeError(f"longcap build --config {config} exited {rc}")
@@ -141,10 +147,20 @@ def train_variant(
     name: str, shards: Path, out: Path, scale: Scale, seed: int, tower: Path = IMAGE_TOWER
 ) -> Path:
     """Train one variant into out/<name>; returns the run folder."""
-    from train_hooks.train import TrainConfig, train
+    from train_hooks.train import train
 
     run = out / name
-    cfg = TrainConfig(
+    train(variant_train_config(name, shards, run, scale, seed, tower))
+    return run
+
+
+def variant_train_config(
+    name: str, shards: Path, run: Path, scale: Scale, seed: int, tower: Path = IMAGE_TOWER
+):
+    """The `TrainConfig` of one variant (the same command line as `longcap train`)."""
+    from train_hooks.train import TrainConfig
+
+    return TrainConfig(
         shards=str(shards),
         out=str(run),
         preset="tiny",
@@ -159,8 +175,6 @@ def train_variant(
         progress=False,
         **variant_config(name),
     )
-    train(cfg)
-    return run
 
 
 def evaluate(model, tok, heldout: Path) -> dict[str, float]:

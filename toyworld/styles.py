@@ -12,10 +12,11 @@ Styles differ in order and phrasing, as different captioners' captions do:
 - `by_position` (llava-1.5): every cell in reading order, one sentence per cell;
 - `by_column` (qwen2-vl): every cell column by column, one sentence per column.
 
-Both name every cell, the empty ones too ("The top center is empty.", "nothing at middle
-left"): a captioner then never has to work out which occupied cell comes next, only what the
-cell it is writing about holds, which is what lets a tiny model trained for minutes on a CPU
-reach the accuracy bar (docs/RESULTS.md).
+Both name every cell, the empty ones too ("The top center is empty.", "the middle left is
+empty"), and name the cell before what it holds: a captioner then never has to work out which
+occupied cell comes next, and it reads what a cell holds from the image token of the cell it has
+just named, which is what lets a tiny model trained for minutes on a CPU reach the accuracy bar
+(docs/RESULTS.md).
 
 `accuracy` scores captions with the project scorer (`toyworld.score`), which reads any caption
 that keeps the contract.
@@ -52,14 +53,14 @@ def by_position(scene: Scene) -> str:
 
 
 def by_column(scene: Scene) -> str:
-    """'Shapes on a white background. Left column: a large red circle at top left, nothing at
-    middle left, a small blue bar at bottom left. Center column: ...': every cell, column by
-    column from left to right, one sentence per column."""
+    """'Shapes on a white background. Left column: the top left has a large red circle, the
+    middle left is empty, the bottom left has a small blue bar. Center column: ...': every
+    cell, column by column from left to right, one sentence per column."""
     at = {o.cell: o for o in scene.objects}
     parts = [f"Shapes on a {scene.background} background."]
     for col in range(3):
         cells = [cell_name(row, col) for row in range(3)]
-        items = [f"{at[c].phrase()} at {c}" if c in at else f"nothing at {c}" for c in cells]
+        items = [f"the {c} has {at[c].phrase()}" if c in at else f"the {c} is empty" for c in cells]
         parts.append(f"{COLS[col].capitalize()} column: " + ", ".join(items) + ".")
     return " ".join(parts)
 
