@@ -221,6 +221,12 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"build: error: {exc}", file=sys.stderr)
         return 2
+    except Exception:  # exit codes 0-2 mean a finished build (README)
+        import traceback
+
+        traceback.print_exc()
+        print("build: crashed (exit 3); a rerun resumes from the finished shards", file=sys.stderr)
+        return 3
     out = Path(result["output"])
     print(
         f"\nbuild: {result['shards']} shards in {out / 'shards'}, statistics in {out / 'stats'}, "

@@ -64,7 +64,7 @@ def _pairs(items: list[str] | None) -> dict[str, str]:
     for item in items or ():
         name, sep, path = item.partition("=")
         if not sep or not name or not path:
-            raise SystemExit(f"--bench-root {item!r}: expected NAME=DIR, e.g. dci=/data/dci")
+            raise ValueError(f"--bench-root {item!r}: expected NAME=DIR, e.g. dci=/data/dci")
         out[name] = path
     return out
 
@@ -73,7 +73,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from train_hooks.evaluate import evaluate_retrieval, format_results, load_checkpoint, zero_shot
 
     if not (args.shards or args.benchmark or args.zeroshot):
-        raise SystemExit("longcap eval: give --shards DIR, --benchmark NAME or --zeroshot DIR")
+        raise ValueError("give --shards DIR, --benchmark NAME or --zeroshot DIR")
     device = args.device
     if device == "auto":
         import torch
