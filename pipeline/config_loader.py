@@ -12,6 +12,7 @@ name) stay with each dataclass, which knows what its values mean.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import types
 import typing
 from pathlib import Path
@@ -94,6 +95,12 @@ def check_value(value: Any, typ: Any, where: str) -> Any:
     return float(value) if typ is float else value
 
 
+@functools.cache
+def _type_hints(cls: type) -> dict[str, Any]:
+    """The evaluated annotations of a dataclass (PEP 563 strings), once per class."""
+    return typing.get_type_hints(cls)
+
+
 def field_default(cls: type, name: str) -> Any:
     """The default of one dataclass field (MISSING when it has none): CLIs take their defaults
     from here, so a default is written once."""
@@ -117,7 +124,7 @@ def load_dataclass(
     if not isinstance(data, dict):
         raise config_error(where, f"must be a mapping, got {type(data).__name__}")
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init and f.name not in exclude}
-    hints = typing.get_type_hints(cls)
+    hints = _type_hints(cls)
     unknown = sorted(set(data) - set(fields), key=str)
     if unknown:
         raise config_error(where, f"unknown field(s) {unknown}; known: {sorted(fields)}")

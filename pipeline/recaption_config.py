@@ -39,7 +39,7 @@ class ModelConfig:
     dtype: str = "bfloat16"
     engine_kwargs: dict[str, Any] = field(default_factory=dict)
     # Run Python code shipped in the model folder (some InternVL checkpoints need it). Off by
-    # default: a downloaded model folder is a stranger's code (docs/SECURITY-run.part.md).
+    # default: a downloaded model folder is a stranger's code (docs/SECURITY.md).
     trust_remote_code: bool = False
     # "vllm", or "package.module:Class" for another engine with CaptionEngine's interface
     # (`Class(model_cfg)`, `.load_seconds`, `.generate(keys, images)`), e.g. a stand-in in tests.

@@ -60,12 +60,14 @@ def load_checkpoint_file(path: str | Path, device: str | torch.device = "cpu") -
     except Exception as exc:  # pickle.UnpicklingError, RuntimeError (truncated zip), EOFError
         first = str(exc).strip().splitlines()
         detail = next((ln for ln in first if "Unsupported global" in ln), first[0] if first else "")
+        # Not torch's hint to allowlist the global: that is exactly what must not be done.
+        detail = detail.split(". Please use")[0].replace("WeightsUnpickler error: ", "").strip()
         raise UnsafeCheckpointError(
             f"{p}: refused: not a checkpoint of tensors and plain values "
             f"({type(exc).__name__}: {detail[:300]}). longcap loads checkpoints with "
             "torch.load(weights_only=True) because a pickle can run code; a file that needs "
             "more may be planted or damaged. Use a checkpoint written by `longcap train` (see "
-            "docs/SECURITY-run.part.md)"
+            "docs/SECURITY.md, Checkpoints and model folders)"
         ) from None
     if not isinstance(ck, dict) or "model" not in ck or "model_config" not in ck:
         raise UnsafeCheckpointError(f"{p}: not a longcap checkpoint (no model / model_config)")
