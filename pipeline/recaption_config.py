@@ -58,8 +58,9 @@ class RecaptionConfig:
     ray_address: str | None = None  # None: the job's cluster, or a new local one
     shards: list[str] | None = None  # only these input shard names (default: all)
     progress: bool = True
-    # Seconds one unit may take on its engine; past it the actor is killed (Ray restarts it)
-    # and the unit retried, within max_unit_retries. null: no deadline.
+    # Seconds one unit may take on its actor, counted from when the actor is free for it (so
+    # including the wait for its decoded images, usually ready ahead); past it the actor is
+    # killed (Ray restarts it) and the unit retried, within max_unit_retries. null: no deadline.
     unit_timeout_s: float | None = 3600.0
 
 
