@@ -7,7 +7,10 @@
 
 A run folder holds `config.json`, `log.jsonl` (one line per step: loss, per-text losses, learning
 rate, temperature, samples/s) and `checkpoints/step_NNNNNNN.pt` (model, optimizer, scheduler,
-step, every rank's RNG state and the data position). Resuming loads the latest checkpoint,
+step, every rank's RNG state and the data position; tensors and plain values only, loaded with
+`weights_only=True`, see checkpoints.py). A folder that holds anything is refused unless the run
+resumes (or `overwrite` replaces an earlier run's files). Resuming loads the newest checkpoint that
+loads (a torn or planted newer one is skipped with a warning), drops a torn last log line,
 restarts the stream after the batches already consumed, and so continues the same loss curve.
 Under torchrun each process trains on its own slice of the shards (see data.py); the loss is
 computed over the gathered global batch (see loss.py).
@@ -171,7 +174,10 @@ def prepare_run_folder(out: str | Path, resume: bool, overwrite: bool, main: boo
         )
     if main:
         for p in removed:
-            shutil.rmtree(p) if p.is_dir() else p.unlink()
+            if p.is_dir():
+                shutil.rmtree(p)
+            else:
+                p.unlink()
         print(f"--overwrite: removed {', '.join(p.name for p in removed)} of the run in {out}")
 
 
