@@ -93,3 +93,44 @@ def test_every_ray_error_is_a_retry_or_a_failed_unit():
     # A task that failed because a task it depended on was killed for memory: a retry.
     lost = rx.RayTaskError("caption_unit", "Traceback ...", rx.OutOfMemoryError("oom"))
     assert failure_kind(lost) == "infra"
+
+
+@pytest.mark.slow
+def test_a_crash_of_the_driver_loop_still_writes_the_report(ray_head, tmp_path):
+    """Whatever ends the job, recaption_report.json says what was done and why it stopped."""
+    import ray
+
+    from pipeline.recaption import run
+    from pipeline.recaption_config import load_config
+
+    make_input_shards(tmp_path / "in", shards=2)
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text('{"architectures": ["LlavaForConditionalGeneration"]}')
+    entry = {"name": "stub", "family": "llava-1.5", "path": str(model)}
+    entry["engine"] = "tests.recaption.stub_engine:HangingEngine"
+    path = tmp_path / "run.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {"input": str(tmp_path / "in"), "output": str(tmp_path / "out"), "models": [entry]}
+        )
+    )
+    cfg = load_config(path)
+    cfg.ray_address, cfg.progress = ray_head["address"], False
+    calls = []
+
+    def source():  # a stage that feeds shards, then fails (a bug, a lost mount)
+        calls.append(1)
+        if len(calls) > 1:
+            raise OSError("input mount lost")
+        return ["00000"], True
+
+    try:
+        with pytest.raises(OSError, match="input mount lost"):
+            run(cfg, source=source)
+    finally:
+        ray.shutdown()
+    report = json.loads((tmp_path / "out" / "recaption_report.json").read_text())
+    assert report["complete"] is False
+    assert report["error"] == "OSError: input mount lost"
+    assert "stub" in report["models"]
