@@ -23,14 +23,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pipeline.config_loader import ConfigError, load_dataclass, read_yaml_mapping
 from pipeline.ingest import IngestConfig, prepare_url_list, ready_shards, start_ingest
-from pipeline.recaption_config import (
-    ConfigError,
-    RecaptionConfig,
-    build_dataclass,
-    parse_config,
-    resolve_model_paths,
-)
+from pipeline.recaption_config import RecaptionConfig, parse_config, resolve_model_paths
 from shards.assemble import AssembleConfig
 
 
@@ -44,17 +39,9 @@ class BuildConfig:
 
 def load_build_config(path: str | Path) -> BuildConfig:
     """build.yaml: `output`, `ingest`, `models` (+ recaption options), `assemble`."""
-    import yaml
-
     p = Path(path)
-    try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"{p}: cannot read the config ({exc})") from exc
-    if not isinstance(data, dict):
-        raise ConfigError(f"{p}: the top level must be a mapping")
+    data = read_yaml_mapping(p)
     base = p.resolve().parent
-    data = dict(data)
     for key in ("output", "ingest", "models"):
         if key not in data:
             raise ConfigError(f"{p}: {key}: is required")
@@ -63,20 +50,14 @@ def load_build_config(path: str | Path) -> BuildConfig:
     assemble_data = data.pop("assemble", {}) or {}
     ingest = _ingest_config(ingest_data, f"{p}: ingest")
     ingest.url_list = str((base / Path(ingest.url_list).expanduser()).resolve())
-    allowed = {
-        "formats",
-        "parquet_images",
-        "tokenizer",
-        "verify_images",
-        "batch_size",
-        "split_engine",
-        "extra_abbreviations",
-        "extra_titles",
-    }
-    bad = sorted(set(assemble_data) - allowed) if isinstance(assemble_data, dict) else None
-    if bad is None or bad:
-        raise ConfigError(f"{p}: assemble: unknown field(s) {bad}; known: {sorted(allowed)}")
-    assemble = AssembleConfig(**assemble_data)
+    # A build writes one output shard per input shard into its own folder, from its own
+    # captions: those options of `longcap shards` are not the user's to set here.
+    assemble = load_dataclass(
+        AssembleConfig,
+        assemble_data,
+        f"{p}: assemble",
+        exclude=("shard_size", "max_shard_bytes", "captions"),
+    )
     try:
         assemble.validate(f"{p}: assemble")
     except ValueError as exc:
@@ -100,7 +81,7 @@ def load_build_config(path: str | Path) -> BuildConfig:
 
 
 def _ingest_config(data: Any, where: str) -> IngestConfig:
-    cfg = build_dataclass(IngestConfig, data, where)
+    cfg = load_dataclass(IngestConfig, data, where)
     for f in dataclasses.fields(IngestConfig):
         value, least = getattr(cfg, f.name), 0 if f.name == "retries" else 1
         if f.type == "int" and value < least:
@@ -240,6 +221,12 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"build: error: {exc}", file=sys.stderr)
         return 2
+    except Exception:  # exit codes 0-2 mean a finished build (README)
+        import traceback
+
+        traceback.print_exc()
+        print("build: crashed (exit 3); a rerun resumes from the finished shards", file=sys.stderr)
+        return 3
     out = Path(result["output"])
     print(
         f"\nbuild: {result['shards']} shards in {out / 'shards'}, statistics in {out / 'stats'}, "

@@ -165,11 +165,19 @@ def main(argv: list[str] | None = None) -> int:
     )
     from shards.inputs import InputError
 
+    # Exit codes (README): 0 finished (failed rows are data), 1 finished with failed units,
+    # 2 usage or config error, 3 crash.
     try:
         return args.func(args)
     except (InputError, ValueError, FileNotFoundError) as exc:
         print(f"longcap {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except Exception:
+        import traceback
+
+        traceback.print_exc()
+        print(f"longcap {args.command}: crashed (exit 3); finished work is kept", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

@@ -7,70 +7,55 @@ import) lives in train_hooks, loaded only when one of these commands runs.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
+
+from pipeline.config_loader import field_default
+
+
+def _train_fields() -> frozenset[str]:
+    from train_hooks.config import TrainConfig
+
+    return frozenset(f.name for f in dataclasses.fields(TrainConfig))
+
+
+_TRAIN_FIELDS = _train_fields()
 
 
 def _floats(text: str) -> list[float]:
     return [float(x) for x in text.split(",")]
 
 
-def _cmd_train(args: argparse.Namespace) -> int:
-    from train_hooks.train import TrainConfig, train
+def train_config_from_args(args: argparse.Namespace):
+    """The TrainConfig of `longcap train`: --config's file with the flags given laid over it.
+    Only the flags given are in `args` (argparse default SUPPRESS); what neither sets takes
+    TrainConfig's default."""
+    from train_hooks.config import load_train_config
 
-    if args.subcaptions is not None and args.text_mode != "k":
-        raise SystemExit(
-            f"longcap train: --subcaptions applies to --text-mode k; --text-mode "
-            f"{args.text_mode} decides how many sub-captions a text holds (drop --subcaptions "
-            "or add --text-mode k)"
-        )
-    if args.dreamlip_off_by_one and args.text_mode != "dreamlip":
-        raise SystemExit("longcap train: --dreamlip-off-by-one needs --text-mode dreamlip")
-    cfg = TrainConfig(
-        shards=args.shards,
-        out=args.out,
-        preset=args.preset,
-        corner_tokens=args.corner_tokens,
-        text_mode=args.text_mode,
-        subcaptions=args.subcaptions if args.subcaptions is not None else 4,
-        window=args.window,
-        mode=args.mode,
-        long_texts=args.long_texts,
-        mllm_short_texts=args.mllm_short_texts,
-        dreamlip_off_by_one=args.dreamlip_off_by_one,
-        models=args.models.split(",") if args.models else None,
-        context_length=args.context_length,
-        steps=args.steps,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        weight_decay=args.weight_decay,
-        warmup=args.warmup,
-        lock_image=args.lock_image,
-        loss_weights=args.loss_weights,
-        seed=args.seed,
-        num_workers=args.workers,
-        shard_format=args.format,
-        text_weights=args.text_weights,
-        vision_weights=args.vision_weights,
-        vocab=args.vocab,
-        save_every=args.save_every,
-        progress=not args.no_progress,
-    )
+    overrides = {k: v for k, v in vars(args).items() if k in _TRAIN_FIELDS}
+    return load_train_config(args.config, overrides)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    cfg = train_config_from_args(args)
+    from train_hooks.train import train
+
     texts = {
         "fill": "texts filling the context",
         "dreamlip": f"DreamLIP texts of {cfg.window} sub-captions",
         "k": f"k={cfg.subcaptions} windows of {cfg.window}",
     }[cfg.text_mode]
     print(
-        f"longcap train: {args.shards} -> {args.out} (preset {args.preset}, "
-        f"K={args.corner_tokens} corner tokens, {cfg.long_texts} long text(s): {texts}, "
-        f"context {args.context_length}, {args.steps} steps x batch {args.batch_size})"
+        f"longcap train: {cfg.shards} -> {cfg.out} (preset {cfg.preset}, "
+        f"K={cfg.corner_tokens} corner tokens, {cfg.long_texts} long text(s): {texts}, "
+        f"context {cfg.context_length}, {cfg.steps} steps x batch {cfg.batch_size})"
     )
-    res = train(cfg, resume=args.resume)
+    res = train(cfg, resume=args.resume, overwrite=args.overwrite)
     if res["world"] == 1 or int(__import__("os").environ.get("RANK", "0")) == 0:
         print(f"done: {res['steps']} steps, last loss {res['loss']:.4f}")
         print(f"checkpoint: {res['checkpoint']}\nlog: {res['log']}")
-        print(f"evaluate: longcap eval --checkpoint {args.out} --shards HELD_OUT_SHARDS")
+        print(f"evaluate: longcap eval --checkpoint {cfg.out} --shards HELD_OUT_SHARDS")
     return 0
 
 
@@ -79,7 +64,7 @@ def _pairs(items: list[str] | None) -> dict[str, str]:
     for item in items or ():
         name, sep, path = item.partition("=")
         if not sep or not name or not path:
-            raise SystemExit(f"--bench-root {item!r}: expected NAME=DIR, e.g. dci=/data/dci")
+            raise ValueError(f"--bench-root {item!r}: expected NAME=DIR, e.g. dci=/data/dci")
         out[name] = path
     return out
 
@@ -88,7 +73,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from train_hooks.evaluate import evaluate_retrieval, format_results, load_checkpoint, zero_shot
 
     if not (args.shards or args.benchmark or args.zeroshot):
-        raise SystemExit("longcap eval: give --shards DIR, --benchmark NAME or --zeroshot DIR")
+        raise ValueError("give --shards DIR, --benchmark NAME or --zeroshot DIR")
     device = args.device
     if device == "auto":
         import torch
@@ -151,71 +136,115 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 def add_train_commands(sub) -> None:
     """Register `train` and `eval` on the `longcap` argparse subparsers object."""
-    p = sub.add_parser("train", help="train LoTLIP's corner-token model on built shards")
-    p.add_argument("--shards", required=True, help="folder of longcap shards (longcap shards)")
-    p.add_argument("--out", required=True, help="run folder: config, log.jsonl, checkpoints/")
-    p.add_argument("--preset", default="tiny", choices=["tiny", "base"])
-    p.add_argument("--corner-tokens", type=int, default=2, help="K corner tokens")
+    from train_hooks.config import SHARD_FORMATS, TrainConfig
+    from train_hooks.sampling import MODES, TEXT_MODES
+
+    def d(name: str) -> str:
+        """` (default X)` from TrainConfig: the one place a default is written."""
+        value = field_default(TrainConfig, name)
+        return "" if value is None else f" (default {value})"
+
+    p = sub.add_parser(
+        "train",
+        help="train LoTLIP's corner-token model on built shards",
+        description="Flags override the --config file; what neither sets takes the default "
+        "shown (train_hooks/config.py TrainConfig; a train.yaml uses the same field names).",
+        argument_default=argparse.SUPPRESS,  # only the flags given reach the config
+    )
+    p.add_argument("--config", default=None, help="train.yaml: any TrainConfig fields")
+    p.add_argument("--shards", help="folder of longcap shards (longcap shards)")
+    p.add_argument("--out", help="run folder: config, log.jsonl, checkpoints/")
+    p.add_argument("--preset", help="model preset: tiny or base" + d("preset"))
+    p.add_argument(
+        "--corner-tokens",
+        dest="corner_tokens",
+        type=int,
+        help="K corner tokens" + d("corner_tokens"),
+    )
     p.add_argument(
         "--text-mode",
-        default="fill",
-        choices=["fill", "dreamlip", "k"],
-        help="long texts: fill the context (default), DreamLIP's loader, or k windows",
+        dest="text_mode",
+        choices=TEXT_MODES,
+        help="long texts: fill the context, DreamLIP's loader, or k windows" + d("text_mode"),
     )
     p.add_argument(
-        "--subcaptions", type=int, default=None, help="k windows per long text (--text-mode k; 4)"
+        "--subcaptions", type=int, help="k windows per long text (--text-mode k)" + d("subcaptions")
     )
-    p.add_argument("--window", type=int, default=1, help="m consecutive sub-captions per window")
+    p.add_argument("--window", type=int, help="m consecutive sub-captions per window" + d("window"))
     p.add_argument(
         "--mode",
-        default="across_models",
-        choices=["across_models", "one_model"],
-        help="windows from every model's caption (default: what fills the context), or from "
-        "one model's caption per text",
+        choices=MODES,
+        help="windows from every model's caption (what fills the context), or from "
+        "one model's caption per text" + d("mode"),
     )
     p.add_argument(
         "--long-texts",
+        dest="long_texts",
         type=int,
-        default=1,
         help="T long texts per image, each [CLS] + K corners in the loss (dreamlip: num_text); "
         "0 trains on the short captions only (the short-caption baseline; needs "
-        "--corner-tokens 0)",
+        "--corner-tokens 0)" + d("long_texts"),
     )
     p.add_argument(
         "--mllm-short-texts",
+        dest="mllm_short_texts",
         type=int,
-        default=0,
         metavar="N",
-        help="N extra short texts per image from the MLLMs' short captions",
+        help="N extra short texts per image from the MLLMs' short captions" + d("mllm_short_texts"),
     )
     p.add_argument(
         "--dreamlip-off-by-one",
+        dest="dreamlip_off_by_one",
         action="store_true",
         help="dreamlip mode: DreamLIP's start range, which never reaches the last sub-caption",
     )
-    p.add_argument("--models", help="only these models' long captions, comma-separated")
-    p.add_argument("--context-length", type=int, default=192)
-    p.add_argument("--steps", type=int, default=1000)
-    p.add_argument("--batch-size", type=int, default=32, help="per process")
-    p.add_argument("--lr", type=float, default=5e-4)
-    p.add_argument("--weight-decay", type=float, default=0.1)
-    p.add_argument("--warmup", type=int, default=None, help="steps (default 10%%)")
+    p.add_argument(
+        "--models",
+        type=lambda text: text.split(","),
+        help="only these models' long captions, comma-separated",
+    )
+    p.add_argument("--context-length", dest="context_length", type=int, help=d("context_length"))
+    p.add_argument("--steps", type=int, help=d("steps"))
+    p.add_argument(
+        "--batch-size", dest="batch_size", type=int, help="per process" + d("batch_size")
+    )
+    p.add_argument("--lr", type=float, help=d("lr"))
+    p.add_argument("--weight-decay", dest="weight_decay", type=float, help=d("weight_decay"))
+    p.add_argument("--warmup", type=int, help="steps (default 10%%, at most 1000)")
     p.add_argument(
         "--lock-image",
+        dest="lock_image",
         action=argparse.BooleanOptionalAction,
-        default=None,
         help="freeze the image trunk (LiT); default: the preset's choice",
     )
-    p.add_argument("--loss-weights", type=_floats, default=None, help="e.g. 1,1,1,1")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workers", type=int, default=2, help="DataLoader workers")
-    p.add_argument("--format", default="auto", choices=["auto", "tar", "parquet"])
-    p.add_argument("--text-weights", help="local bert-base-uncased folder")
-    p.add_argument("--vision-weights", help="local ViT folder")
+    p.add_argument("--loss-weights", dest="loss_weights", type=_floats, help="e.g. 1,1,1,1")
+    p.add_argument("--seed", type=int, help=d("seed"))
+    p.add_argument(
+        "--workers", dest="num_workers", type=int, help="DataLoader workers" + d("num_workers")
+    )
+    p.add_argument("--format", dest="shard_format", choices=SHARD_FORMATS, help=d("shard_format"))
+    p.add_argument("--text-weights", dest="text_weights", help="local bert-base-uncased folder")
+    p.add_argument("--vision-weights", dest="vision_weights", help="local ViT folder")
     p.add_argument("--vocab", help="vocab.txt or folder (default: bundled BERT uncased)")
-    p.add_argument("--save-every", type=int, default=None, help="steps between checkpoints")
-    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--save-every",
+        dest="save_every",
+        type=int,
+        help="steps between checkpoints (default: at the end)",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        default=False,
+        help="continue from the latest checkpoint that loads",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        default=False,
+        help="replace the log and checkpoints of an earlier run in --out",
+    )
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser(

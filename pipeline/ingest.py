@@ -22,6 +22,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.processes import popen_tied
+
 # Column names tried in order when the config does not name them (LoTLIP/DreamLIP lists,
 # img2dataset's usual names).
 URL_COLUMNS = ("url", "URL", "image_url", "Image URL", "Image Path")
@@ -197,7 +199,8 @@ def start_ingest(cfg: IngestConfig, work: Path, extra_columns: list[str]) -> sub
     ]  # fmt: skip
     log = open(work / "img2dataset.log", "ab")
     env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"}
-    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+    # Tied to the driver: a killed build never leaves img2dataset running (pipeline/processes.py).
+    return popen_tied(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
 
 
 def ready_shards(shard_dir: Path) -> list[str]:

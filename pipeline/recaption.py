@@ -9,8 +9,13 @@ vLLM engine loaded once. Input shards are decoded and resized by Ray CPU tasks, 
 of the engines, and a decoded shard is shared by every model that wants that image size. The
 driver keeps every idle actor busy and waits on all in-flight units at once with `ray.wait`, so
 models never wait for each other. A unit whose actor died is sent again (Ray restarts the actor),
-at most `max_unit_retries` times; then it is reported failed and the job goes on. Finished units
-are skipped on a rerun.
+at most `max_unit_retries` times; then it is reported failed and the job goes on. A unit that
+runs past `unit_timeout_s` (a hung engine) has its actor killed, and is retried the same way. Any
+Ray error (actor died, worker crashed, out of memory, object lost) retries or fails one unit;
+none ends the job, which always writes its report. Finished units are skipped on a rerun.
+
+Exit codes: 0 every unit done (failed rows are data), 1 finished with failed units, 2 config
+error, 3 crash (the report is still written, with the error).
 """
 
 from __future__ import annotations
@@ -142,7 +147,7 @@ def run(
     whether more may come, and is asked again about once a second. `on_unit(model, shard)` is
     called for every unit that is done (written now or found finished)."""
     import ray
-    from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError
+    from ray.exceptions import ActorUnavailableError, RayError
 
     from shards.readers import shard_names
 
@@ -196,109 +201,232 @@ def run(
     bar = _progress(job, total)
     inflight: dict[Any, tuple[_Model, Any, str]] = {}
     attempts: Counter[tuple[str, str]] = Counter()
-    while True:
-        if not finished:
-            names, more = source()
-            finished = not more
-            for shard in [n for n in names if n not in known]:
-                known.add(shard)
-                for m in models.values():
-                    if unit_path(job.output, m.cfg.name, shard).exists():
-                        m.skipped += 1
-                        if on_unit is not None:
-                            on_unit(m.cfg.name, shard)
-                    elif m.live > 0 or m.idle:
-                        m.queue.append(shard)
-                        bar.total += 1
-                    else:
-                        m.failed_units.append({"shard": shard, "error": "no engine could load"})
-        now = time.time()
-        for _due, model, actor, slots in [r for r in recheck if r[0] <= now]:
-            loading[actor.ready.remote()] = (model, actor, slots)
-        recheck = [r for r in recheck if r[0] > now]
-        for model in models.values():
-            while model.idle and model.queue:
-                shard = model.queue.popleft()
-                # The free slot of the least busy actor: spread units before stacking them.
-                busy = Counter(id(a) for m, a, _ in inflight.values() if m is model)
-                actor = min(model.idle, key=lambda a: busy[id(a)])
-                model.idle.remove(actor)
-                ref = actor.caption_unit.remote(decoded_ref(shard, model.size), job.output)
-                inflight[ref] = (model, actor, shard)
-                release(shard, model.size)
-            for shard in list(model.queue)[: job.prefetch_units]:
-                decoded_ref(shard, model.size)  # engines never wait for the CPU
-        if not inflight and not loading and not recheck and finished:
-            break
-        waiting = list(inflight) + list(loading)
-        if not waiting:
-            time.sleep(0.5)
-            continue
-        timeout = 0.5 if recheck or not finished else None
-        done, _ = ray.wait(waiting, num_returns=1, timeout=timeout)
-        for ref in done:
-            if ref in loading:
-                model, actor, slots = loading.pop(ref)
-                try:
-                    ray.get(ref)
-                    model.idle += [actor] * slots
-                except ActorUnavailableError:
-                    recheck.append((time.time() + 1.0, model, actor, slots))  # restarting
-                except (RayActorError, RayTaskError) as exc:
-                    model.live -= slots
-                    model.load_errors.append(_short(exc))
-                    if model.live == 0:
-                        # No engine of this model can load: fail its units now, clearly.
-                        error = f"no engine could load: {model.load_errors[-1]}"
-                        bar.update(len(model.queue))
-                        model.failed_units += [{"shard": s, "error": error} for s in model.queue]
-                        model.queue.clear()
-                continue
-            model, actor, shard = inflight.pop(ref)
-            try:
-                summary = ray.get(ref)
-            except RayActorError as exc:
-                # Infrastructure: the actor died (killed, OOM, node lost). Ray restarts it; it
-                # gets work again once it answers `ready` (its engine reloaded).
-                attempts[(model.cfg.name, shard)] += 1
-                recheck.append((time.time() + 1.0, model, actor, 1))
-                if attempts[(model.cfg.name, shard)] <= job.max_unit_retries:
-                    model.queue.appendleft(shard)
-                else:
-                    model.failed_units.append({"shard": shard, "error": _short(exc)})
-                    bar.update(1)
-                continue
-            except RayTaskError as exc:
-                # The unit itself is broken (unreadable shard): retrying would fail again.
-                model.idle.append(actor)
-                model.failed_units.append({"shard": shard, "error": _short(exc)})
-                bar.update(1)
-                continue
+    clock = UnitClock(job.unit_timeout_s)
+    timed_out: set[Any] = set()  # units whose actor was killed for passing the deadline
+    bystanders: set[Any] = set()  # other units queued on such an actor: resent, not counted
+
+    def fail_unit(model: _Model, shard: str, error: str) -> None:
+        model.failed_units.append({"shard": shard, "error": error})
+        bar.update(1)
+
+    def unit_error(ref, model: _Model, actor, shard: str, exc: BaseException) -> None:
+        """Retry or fail a unit whose call raised; the job always goes on."""
+        kind, error = failure_kind(exc), _short(exc)
+        if ref in bystanders:
+            bystanders.discard(ref)
+            model.queue.appendleft(shard)
+            recheck.append((time.time() + 1.0, model, actor, 1))
+            return
+        if ref in timed_out:
+            timed_out.discard(ref)
+            kind = "actor"
+            error = (
+                f"unit timed out after {job.unit_timeout_s:g}s (unit_timeout_s); "
+                "its actor was killed and restarted"
+            )
+        if kind == "unit":
+            # The unit itself is broken (unreadable shard): retrying would fail again.
             model.idle.append(actor)
-            model.done_units += 1
+            fail_unit(model, shard, error)
+            return
+        # Infrastructure: the actor died (killed, OOM, node lost, deadline), or a task or object
+        # the unit needed was lost. Ray restarts a dead actor; it gets work again once it
+        # answers `ready` (its engine reloaded). The unit is decoded and sent again.
+        attempts[(model.cfg.name, shard)] += 1
+        if kind == "actor":
+            recheck.append((time.time() + 1.0, model, actor, 1))
+        else:
+            model.idle.append(actor)
+        if attempts[(model.cfg.name, shard)] <= job.max_unit_retries:
+            model.queue.appendleft(shard)
+        else:
+            fail_unit(model, shard, error)
+
+    def kill_late_units() -> None:
+        """Kill the actor of every unit past its deadline (Ray restarts it); the unit and those
+        queued behind it on that actor come back through ray.wait as actor errors."""
+        for ref in clock.expired(time.time()):
+            _model, actor, _shard = inflight[ref]
+            timed_out.add(ref)
+            for other in clock.drop_lane(id(actor)):
+                if other is not ref:
+                    bystanders.add(other)
+            ray.kill(actor, no_restart=False)
+
+    crash: BaseException | None = None
+    try:
+        while True:
+            if not finished:
+                names, more = source()
+                finished = not more
+                for shard in [n for n in names if n not in known]:
+                    known.add(shard)
+                    for m in models.values():
+                        if unit_path(job.output, m.cfg.name, shard).exists():
+                            m.skipped += 1
+                            if on_unit is not None:
+                                on_unit(m.cfg.name, shard)
+                        elif m.live > 0 or m.idle:
+                            m.queue.append(shard)
+                            bar.total += 1
+                        else:
+                            m.failed_units.append({"shard": shard, "error": "no engine could load"})
             now = time.time()
-            if model.first_done is None:
-                model.first_done = now
-            else:
-                model.images_after_first += summary["engine_images"]
-            model.last_done = now
-            model.images += summary["images"]
-            model.captioned += summary["captioned"]
-            model.tokens += summary["generated_tokens"]
-            model.engine_seconds += summary["seconds"]
-            model.failures.update(summary["failures"])
-            if on_unit is not None:
-                on_unit(model.cfg.name, shard)
-            bar.update(1)
-            bar.set_postfix_str(_rates(models, t_start), refresh=False)
-    bar.close()
-    report = _report(job, models, t_start)
-    out = Path(job.output)
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / ".recaption_report.json.tmp"
-    tmp.write_text(json.dumps(report, indent=1))
-    os.replace(tmp, out / "recaption_report.json")
+            for _due, model, actor, slots in [r for r in recheck if r[0] <= now]:
+                loading[actor.ready.remote()] = (model, actor, slots)
+            recheck = [r for r in recheck if r[0] > now]
+            for model in models.values():
+                while model.idle and model.queue:
+                    shard = model.queue.popleft()
+                    # The free slot of the least busy actor: spread units before stacking them.
+                    busy = Counter(id(a) for m, a, _ in inflight.values() if m is model)
+                    actor = min(model.idle, key=lambda a: busy[id(a)])
+                    model.idle.remove(actor)
+                    ref = actor.caption_unit.remote(decoded_ref(shard, model.size), job.output)
+                    inflight[ref] = (model, actor, shard)
+                    clock.submit(ref, id(actor), time.time())
+                    release(shard, model.size)
+                for shard in list(model.queue)[: job.prefetch_units]:
+                    decoded_ref(shard, model.size)  # engines never wait for the CPU
+            if not inflight and not loading and not recheck and finished:
+                break
+            waiting = list(inflight) + list(loading)
+            if not waiting:
+                time.sleep(0.5)
+                continue
+            timeout = 0.5 if recheck or not finished else None
+            due = clock.next_due(time.time())
+            if due is not None:
+                timeout = due if timeout is None else min(timeout, due)
+            done, _ = ray.wait(waiting, num_returns=1, timeout=timeout)
+            kill_late_units()
+            for ref in done:
+                if ref in loading:
+                    model, actor, slots = loading.pop(ref)
+                    try:
+                        ray.get(ref)
+                        model.idle += [actor] * slots
+                    except ActorUnavailableError:
+                        recheck.append((time.time() + 1.0, model, actor, slots))  # restarting
+                    except RayError as exc:
+                        model.live -= slots
+                        model.load_errors.append(_short(exc))
+                        if model.live == 0:
+                            # No engine of this model can load: fail its units now, clearly.
+                            error = f"no engine could load: {model.load_errors[-1]}"
+                            bar.update(len(model.queue))
+                            model.failed_units += [
+                                {"shard": s, "error": error} for s in model.queue
+                            ]
+                            model.queue.clear()
+                    continue
+                model, actor, shard = inflight.pop(ref)
+                clock.finish(ref, id(actor), time.time())
+                try:
+                    summary = ray.get(ref)
+                except RayError as exc:
+                    unit_error(ref, model, actor, shard, exc)
+                    continue
+                timed_out.discard(ref)  # finished just as its deadline passed: it counts
+                bystanders.discard(ref)
+                model.idle.append(actor)
+                _count_unit(model, summary)
+                if on_unit is not None:
+                    on_unit(model.cfg.name, shard)
+                bar.update(1)
+                bar.set_postfix_str(_rates(models, t_start), refresh=False)
+    except BaseException as exc:
+        crash = exc  # the report still says what was done (below), then the error goes on
+        raise
+    finally:
+        bar.close()
+        report = _report(job, models, t_start)
+        if crash is not None:
+            report["complete"] = False
+            report["error"] = f"{type(crash).__name__}: {crash}"[:1000]
+        out = Path(job.output)
+        out.mkdir(parents=True, exist_ok=True)
+        tmp = out / f".recaption_report.json.{os.getpid()}.tmp"
+        tmp.write_text(json.dumps(report, indent=1))
+        os.replace(tmp, out / "recaption_report.json")
     return report
+
+
+def _count_unit(model: _Model, summary: dict[str, Any]) -> None:
+    """Add a finished unit's summary to its model's counts."""
+    model.done_units += 1
+    now = time.time()
+    if model.first_done is None:
+        model.first_done = now
+    else:
+        model.images_after_first += summary["engine_images"]
+    model.last_done = now
+    model.images += summary["images"]
+    model.captioned += summary["captioned"]
+    model.tokens += summary["generated_tokens"]
+    model.engine_seconds += summary["seconds"]
+    model.failures.update(summary["failures"])
+
+
+def failure_kind(exc: BaseException) -> str:
+    """How the driver treats a unit whose call raised: "unit" (the unit's own code raised: it
+    would fail again, so it fails now), "actor" (the actor died or is unreachable: retry once it
+    is back) or "infra" (a task or object it needed was lost: worker crashed, out of memory,
+    object lost, node died: retry). Any RayError is one of these; nothing ends the job."""
+    from ray.exceptions import RayActorError, RayError, RayTaskError
+
+    if isinstance(exc, RayActorError):
+        return "actor"
+    if isinstance(exc, RayTaskError):
+        cause = getattr(exc, "cause", None)
+        if isinstance(cause, RayActorError):
+            return "actor"
+        if isinstance(cause, RayError) and not isinstance(cause, RayTaskError):
+            return "infra"
+        return "unit"
+    return "infra"
+
+
+class UnitClock:
+    """Per-unit deadlines. An actor runs its units one after another, so a unit's clock starts
+    when it reaches the head of its actor's lane, not when it was sent."""
+
+    def __init__(self, timeout: float | None) -> None:
+        self.timeout = timeout
+        self.lanes: dict[Any, list[Any]] = {}
+        self.started: dict[Any, float] = {}
+
+    def submit(self, ref: Any, lane: Any, now: float) -> None:
+        queue = self.lanes.setdefault(lane, [])
+        queue.append(ref)
+        if len(queue) == 1:
+            self.started[ref] = now
+
+    def finish(self, ref: Any, lane: Any, now: float) -> None:
+        queue = self.lanes.get(lane, [])
+        if ref in queue:
+            queue.remove(ref)
+        self.started.pop(ref, None)
+        if queue and queue[0] not in self.started:
+            self.started[queue[0]] = now
+
+    def drop_lane(self, lane: Any) -> list[Any]:
+        """Stop timing a lane (its actor is being killed); returns its units."""
+        queue = self.lanes.pop(lane, [])
+        for ref in queue:
+            self.started.pop(ref, None)
+        return queue
+
+    def expired(self, now: float) -> list[Any]:
+        if self.timeout is None:
+            return []
+        return [ref for ref, t in self.started.items() if now - t >= self.timeout]
+
+    def next_due(self, now: float) -> float | None:
+        """Seconds until the earliest deadline (0 when one has passed), None when none runs."""
+        if self.timeout is None or not self.started:
+            return None
+        return max(0.0, min(self.started.values()) + self.timeout - now)
 
 
 def _short(exc: BaseException) -> str:
@@ -373,7 +501,17 @@ def main(argv: list[str] | None = None) -> int:
         f"recaption: {cfg.input} -> {cfg.output}/captions/<model>/ with "
         f"{', '.join(f'{m.name} ({m.family} x{m.replicas})' for m in cfg.models)}"
     )
-    report = run(cfg)
+    try:
+        report = run(cfg)
+    except ConfigError as exc:
+        print(f"recaption: error: {exc}", file=sys.stderr)
+        return 2
+    except Exception:  # a crash: its report is written; exit codes 0-2 mean a finished job
+        import traceback
+
+        traceback.print_exc()
+        print(f"recaption: crashed; report: {Path(cfg.output) / 'recaption_report.json'}")
+        return 3
     for name, m in report["models"].items():
         print(
             f"  {name}: {m['captioned']:,}/{m['images']:,} images captioned, "

@@ -6,17 +6,16 @@ and the defaults run on a machine without a GPU (`gpus_per_replica: 0` runs vLLM
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+# The one loader (pipeline/config_loader.py); `build_dataclass` is its older name here.
+from pipeline.config_loader import ConfigError, config_error, read_yaml_mapping
+from pipeline.config_loader import load_dataclass as build_dataclass
+
 DEFAULT_PROMPTS = ["Describe the image in detail."]
-
-
-class ConfigError(ValueError):
-    """A config that cannot run; the message names the file and the field."""
 
 
 @dataclass
@@ -39,6 +38,12 @@ class ModelConfig:
     max_model_len: int | None = None
     dtype: str = "bfloat16"
     engine_kwargs: dict[str, Any] = field(default_factory=dict)
+    # Run Python code shipped in the model folder (some InternVL checkpoints need it). Off by
+    # default: a downloaded model folder is a stranger's code (docs/SECURITY.md).
+    trust_remote_code: bool = False
+    # "vllm", or "package.module:Class" for another engine with CaptionEngine's interface
+    # (`Class(model_cfg)`, `.load_seconds`, `.generate(keys, images)`), e.g. a stand-in in tests.
+    engine: str = "vllm"
 
 
 @dataclass
@@ -53,72 +58,19 @@ class RecaptionConfig:
     ray_address: str | None = None  # None: the job's cluster, or a new local one
     shards: list[str] | None = None  # only these input shard names (default: all)
     progress: bool = True
-
-
-def _fail(where: str, msg: str) -> ConfigError:
-    return ConfigError(f"{where}: {msg}" if where else msg)
-
-
-def _coerce(value: Any, typ: Any, where: str) -> Any:
-    """Check one scalar or list field against its annotation (as a string, PEP 563)."""
-    if typ in ("str",):
-        if not isinstance(value, str) or not value.strip():
-            raise _fail(where, f"must be a non-empty string, got {value!r}")
-        return value
-    if typ in ("int",):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise _fail(where, f"must be an integer, got {value!r}")
-        return value
-    if typ in ("float",):
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise _fail(where, f"must be a number, got {value!r}")
-        return float(value)
-    if typ in ("bool",):
-        if not isinstance(value, bool):
-            raise _fail(where, f"must be true or false, got {value!r}")
-        return value
-    if typ.startswith("str | None") or typ.startswith("int | None"):
-        return None if value is None else _coerce(value, typ.split(" |")[0], where)
-    if typ.startswith("list[str]"):
-        if value is None and "None" in typ:
-            return None
-        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-            raise _fail(where, f"must be a list of non-empty strings, got {value!r}")
-        return value
-    if typ.startswith("dict"):
-        if not isinstance(value, dict):
-            raise _fail(where, f"must be a mapping, got {value!r}")
-        return value
-    return value
-
-
-def build_dataclass(cls, data: Any, where: str, skip: tuple[str, ...] = ()):
-    """`cls(**data)` after checking fields (unknown, missing, types); errors name `where.field`."""
-    if not isinstance(data, dict):
-        raise _fail(where, f"must be a mapping, got {type(data).__name__}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        raise _fail(where, f"unknown field(s) {unknown}; known: {sorted(fields)}")
-    kwargs = {}
-    for name, f in fields.items():
-        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-        if name not in data:
-            if required:
-                raise _fail(f"{where}.{name}" if where else name, "is required")
-            continue
-        if name in skip:
-            kwargs[name] = data[name]
-            continue
-        kwargs[name] = _coerce(data[name], str(f.type), f"{where}.{name}" if where else name)
-    return cls(**kwargs)
+    # Seconds one unit may take on its actor, counted from when the actor is free for it (so
+    # including the wait for its decoded images, usually ready ahead); past it the actor is
+    # killed (Ray restarts it) and the unit retried, within max_unit_retries. null: no deadline.
+    unit_timeout_s: float | None = 3600.0
 
 
 def _validate_model(m: ModelConfig, where: str) -> None:
     from recaption.families import FAMILIES
 
     if m.family not in FAMILIES:
-        raise _fail(f"{where}.family", f"unknown family {m.family!r}; one of {sorted(FAMILIES)}")
+        raise config_error(
+            f"{where}.family", f"unknown family {m.family!r}; one of {sorted(FAMILIES)}"
+        )
     checks = [
         ("max_tokens", m.max_tokens >= 1, "must be >= 1"),
         ("temperature", m.temperature >= 0, "must be >= 0"),
@@ -134,10 +86,20 @@ def _validate_model(m: ModelConfig, where: str) -> None:
         ("batch_size", m.batch_size >= 1, "must be >= 1"),
         ("prompts", len(m.prompts) >= 1, "must hold at least one prompt"),
         ("image_size", m.image_size is None or m.image_size >= 14, "must be >= 14 pixels"),
+        (
+            "engine_kwargs",
+            "trust_remote_code" not in m.engine_kwargs,
+            "must not set trust_remote_code: use the model's own `trust_remote_code: true`",
+        ),
+        (
+            "engine",
+            m.engine == "vllm" or re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", m.engine),
+            "must be vllm or package.module:Class",
+        ),
     ]
     for name, ok, msg in checks:
         if not ok:
-            raise _fail(f"{where}.{name}", f"{msg}, got {getattr(m, name)!r}")
+            raise config_error(f"{where}.{name}", f"{msg}, got {getattr(m, name)!r}")
 
 
 def parse_config(data: Any, source: str = "config") -> RecaptionConfig:
@@ -147,7 +109,7 @@ def parse_config(data: Any, source: str = "config") -> RecaptionConfig:
     try:
         cfg = build_dataclass(RecaptionConfig, data, "", skip=("models",))
         if not isinstance(cfg.models, list) or not cfg.models:
-            raise _fail("models", "must be a non-empty list of models")
+            raise config_error("models", "must be a non-empty list of models")
         models = []
         for i, m in enumerate(cfg.models):
             model = build_dataclass(ModelConfig, m, f"models[{i}]")
@@ -156,16 +118,18 @@ def parse_config(data: Any, source: str = "config") -> RecaptionConfig:
         names = [m.name for m in models]
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
-            raise _fail("models", f"model names must be unique, repeated: {dup}")
+            raise config_error("models", f"model names must be unique, repeated: {dup}")
         bad = [n for n in names if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", n)]
         if bad:
-            raise _fail(
+            raise config_error(
                 "models", f"names are used as folder names: letters, digits, -_. only: {bad}"
             )
         cfg.models = models
         for name in ("max_unit_retries", "max_actor_restarts", "prefetch_units"):
             if getattr(cfg, name) < 0:
-                raise _fail(name, "must be >= 0")
+                raise config_error(name, "must be >= 0")
+        if cfg.unit_timeout_s is not None and cfg.unit_timeout_s <= 0:
+            raise config_error("unit_timeout_s", f"must be > 0 or null, got {cfg.unit_timeout_s}")
     except ConfigError as exc:
         raise ConfigError(f"{source}: {exc}") from None
     return cfg
@@ -180,7 +144,8 @@ def _check_architecture(m: ModelConfig, folder: Path, where: str) -> None:
 
     try:
         archs = json.loads((folder / "config.json").read_text()).get("architectures") or []
-    except (OSError, ValueError):
+    except (OSError, ValueError, AttributeError):
+        check_remote_code(m, None, where)  # unknown architecture: assume it may run code
         return  # not a checkpoint folder we can read; vLLM will say what is wrong
     expected = get_family(m.family).architectures
     if archs and not set(archs) & set(expected):
@@ -188,21 +153,29 @@ def _check_architecture(m: ModelConfig, folder: Path, where: str) -> None:
             f"{where}.family: {m.family!r} expects {list(expected)}, but "
             f"{folder / 'config.json'} says {archs}"
         )
+    check_remote_code(m, archs, where)
+
+
+def check_remote_code(m: ModelConfig, archs: list[str] | None, where: str) -> None:
+    """A model whose architecture runs code from its folder (InternVLChatModel) loads only when
+    its config says `trust_remote_code: true`; `archs` None: unknown (a hub id), assume it may."""
+    from recaption.families import get_family
+
+    needs = get_family(m.family).remote_code_architectures
+    hit = sorted(set(archs) & set(needs)) if archs else list(needs)
+    if hit and not m.trust_remote_code:
+        raise ConfigError(
+            f"{where}.trust_remote_code: family {m.family!r} with architecture {hit[0]} runs "
+            f"Python code shipped in the model folder {m.path}; read that code, then add "
+            "`trust_remote_code: true` to this model, or use a checkpoint transformers supports "
+            "natively (e.g. the InternVL '-hf' releases)"
+        )
 
 
 def load_config(path: str | Path) -> RecaptionConfig:
-    import yaml
-
+    """Read, check and resolve a recaption config file (run.yaml)."""
     p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"{p}: cannot read the config ({exc})") from exc
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{p}: not valid YAML ({exc})") from exc
-    cfg = parse_config(data, str(p))
+    cfg = parse_config(read_yaml_mapping(p), str(p))
     # Relative paths in a config are relative to the config file, as a user reads them.
     base = p.resolve().parent
     cfg.input = str((base / Path(cfg.input).expanduser()).resolve())
@@ -215,12 +188,13 @@ def resolve_model_paths(models: list[ModelConfig], base: Path, source: str) -> N
     """Make local model paths absolute (relative to the config's folder) and check them: a
     folder's architecture must fit the family, anything else must look like a hub id."""
     for i, m in enumerate(models):
+        where = f"{source}: models[{i}]"
         local = base / Path(m.path).expanduser()  # an absolute path stays as it is
         if local.exists():
             m.path = str(local.resolve())
-            _check_architecture(m, local, f"{source}: models[{i}]")
+            _check_architecture(m, local, where)
         elif m.path.startswith((".", "/", "~")) or m.path.count("/") != 1:
             # Not a folder and not shaped like a hub id ("org/name"): a typo, say so now.
-            raise ConfigError(
-                f"{source}: models[{i}].path: {m.path!r} is neither a folder nor a hub id"
-            )
+            raise ConfigError(f"{where}.path: {m.path!r} is neither a folder nor a hub id")
+        else:
+            check_remote_code(m, None, where)  # a hub id: its architecture is unknown here

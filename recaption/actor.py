@@ -24,11 +24,11 @@ class EngineWorker:
     """Plain class (testable without Ray); `EngineActor` below is its Ray actor form."""
 
     def __init__(self, model_cfg: Any) -> None:
-        from recaption.engine import CaptionEngine
+        from recaption.engine import make_engine
 
         self.cfg = model_cfg
         try:
-            self.engine = CaptionEngine(model_cfg)
+            self.engine = make_engine(model_cfg)
         except Exception as exc:
             # vLLM's errors may not pickle; a plain message reaches the driver intact.
             raise RuntimeError(

@@ -50,6 +50,33 @@ def _derived_max_len(path: str) -> int:
     return int(text.get("max_position_embeddings") or cfg.get("max_position_embeddings") or 1 << 30)
 
 
+def _refuse_remote_code(model_cfg: Any, archs: tuple[str, ...]) -> None:
+    """Stop before vLLM loads a folder whose architecture runs its own code, unless allowed."""
+    import json
+    from pathlib import Path
+
+    try:
+        found = json.loads((Path(model_cfg.path) / "config.json").read_text()).get("architectures")
+    except (OSError, ValueError, AttributeError):
+        found = None
+    if found is None or set(found) & set(archs):
+        raise ValueError(
+            f"model {model_cfg.name!r} ({model_cfg.family}, {model_cfg.path}) runs Python code "
+            "from its folder; set `trust_remote_code: true` in its config only if you trust it"
+        )
+
+
+def make_engine(model_cfg: Any):
+    """The engine a model config names: vLLM's (CaptionEngine), or `package.module:Class`."""
+    name = getattr(model_cfg, "engine", "vllm")
+    if name == "vllm":
+        return CaptionEngine(model_cfg)
+    import importlib
+
+    module, _, cls = name.partition(":")
+    return getattr(importlib.import_module(module), cls)(model_cfg)
+
+
 @dataclass
 class Generation:
     key: str
@@ -82,7 +109,11 @@ class CaptionEngine:
             "seed": model_cfg.seed,
             "limit_mm_per_prompt": {"image": 1, "video": 0},
             **self.family.engine_defaults,
+            # Never from a family default: only the model's own config may turn it on.
+            "trust_remote_code": bool(getattr(model_cfg, "trust_remote_code", False)),
         }
+        if self.family.remote_code_architectures and not kwargs["trust_remote_code"]:
+            _refuse_remote_code(model_cfg, self.family.remote_code_architectures)
         if on_cpu:
             kwargs.update(enforce_eager=True, max_num_seqs=32)
         elif model_cfg.gpus_per_replica >= 1:

@@ -7,7 +7,8 @@ and the vLLM settings that suit it. Prompt formats are the ones the public check
   captioner and ShareGPT4V-7B are LLaVA-1.5 models and use the same format.
 - qwen2-vl / qwen2.5-vl: ChatML with `<|vision_start|><|image_pad|><|vision_end|>` before the text.
 - blip-2: `Question: {prompt} Answer:` (vLLM supports BLIP-2, not InstructBLIP, in 0.32).
-- internvl: ChatML with `<image>\\n` before the text (InternVL2/2.5 chat models).
+- internvl: ChatML with `<image>\\n` before the text (InternVL2/2.5 chat models). The original
+  `InternVLChatModel` folders run their own Python code: only with `trust_remote_code: true`.
 """
 
 from __future__ import annotations
@@ -31,6 +32,9 @@ class Family:
     max_model_len: int = 4096
     engine_defaults: dict[str, Any] = field(default_factory=dict)
     stop: tuple[str, ...] = ()
+    # Architectures whose checkpoints load Python code from the model folder: such a model runs
+    # only when its config says `trust_remote_code: true` (pipeline.recaption_config).
+    remote_code_architectures: tuple[str, ...] = ()
 
     def format_prompt(self, prompt: str) -> str:
         return self.template.replace("{prompt}", prompt)
@@ -72,8 +76,10 @@ FAMILIES: dict[str, Family] = {
             ("InternVLChatModel", "InternVLForConditionalGeneration"),
             "<|im_start|>user\n<image>\n{prompt}<|im_end|>\n<|im_start|>assistant\n",
             image_size=448,
-            engine_defaults={"trust_remote_code": True},
             stop=("<|im_end|>",),
+            # OpenGVLab's InternVL2/2.5 folders ship their model code; the "-hf" releases
+            # (InternVLForConditionalGeneration) are native to transformers and need none.
+            remote_code_architectures=("InternVLChatModel",),
         ),
     )
 }

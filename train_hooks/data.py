@@ -231,15 +231,19 @@ class ShardStream(IterableDataset):
             raise ValueError("the shards hold no ok samples to train on")
         self.tok, self.cfg = tokenizer, cfg
         # T = 0: short captions only (the short-caption baseline); no long text is built.
-        self.spec = None if cfg.long_texts == 0 else TextSpec(
-            mode=cfg.text_mode,
-            k=cfg.subcaptions,
-            m=cfg.window,
-            source=cfg.mode,
-            texts=cfg.long_texts,
-            budget=tokenizer.budget,
-            models=cfg.models,
-            dreamlip_off_by_one=cfg.dreamlip_off_by_one,
+        self.spec = (
+            None
+            if cfg.long_texts == 0
+            else TextSpec(
+                mode=cfg.text_mode,
+                k=cfg.subcaptions,
+                m=cfg.window,
+                source=cfg.mode,
+                texts=cfg.long_texts,
+                budget=tokenizer.budget,
+                models=cfg.models,
+                dreamlip_off_by_one=cfg.dreamlip_off_by_one,
+            )
         )
         self.rank, self.world, self.start_batch = rank, world, start_batch
 

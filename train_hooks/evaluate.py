@@ -40,7 +40,7 @@ TEMPLATES = openai_templates()
 def load_checkpoint(path: str | Path, device: str = "cpu") -> tuple[LoTLIP, CornerTokenizer, dict]:
     """(model in eval mode, its tokenizer, the checkpoint dict) from a checkpoint file or a run
     folder (its latest checkpoint)."""
-    from train_hooks.train import latest_checkpoint
+    from train_hooks.checkpoints import latest_checkpoint, load_checkpoint_file
 
     p = Path(path)
     if p.is_dir():
@@ -52,7 +52,7 @@ def load_checkpoint(path: str | Path, device: str = "cpu") -> tuple[LoTLIP, Corn
         p = found
     if not p.is_file():
         raise FileNotFoundError(f"{p}: no such checkpoint")
-    ck = torch.load(p, map_location=device, weights_only=False)
+    ck = load_checkpoint_file(p, device)  # weights_only: a planted pickle is refused
     mcfg = ModelConfig.from_dict(ck["model_config"])
     # Weights come from the checkpoint: do not look for the pretrained folders again.
     mcfg.text_weights = mcfg.vision_weights = None

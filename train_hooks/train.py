@@ -7,7 +7,10 @@
 
 A run folder holds `config.json`, `log.jsonl` (one line per step: loss, per-text losses, learning
 rate, temperature, samples/s) and `checkpoints/step_NNNNNNN.pt` (model, optimizer, scheduler,
-step, every rank's RNG state and the data position). Resuming loads the latest checkpoint,
+step, every rank's RNG state and the data position; tensors and plain values only, loaded with
+`weights_only=True`, see checkpoints.py). A folder that holds anything is refused unless the run
+resumes (or `overwrite` replaces an earlier run's files). Resuming loads the newest checkpoint that
+loads (a torn or planted newer one is skipped with a warning), drops a torn last log line,
 restarts the stream after the batches already consumed, and so continues the same loss curve.
 Under torchrun each process trains on its own slice of the shards (see data.py); the loss is
 computed over the gathered global batch (see loss.py).
@@ -27,61 +30,17 @@ from typing import Any
 import numpy as np
 import torch
 
+from train_hooks.checkpoints import (
+    checkpoint_dir,
+    load_latest_loadable,
+    rng_state,
+    set_rng_state,
+)
+from train_hooks.config import TrainConfig, validate_train_config
 from train_hooks.data import StreamConfig, list_shards, make_loader
 from train_hooks.loss import LoTLIPLoss
 from train_hooks.model import build_model, preset
-from train_hooks.sampling import ACROSS_MODELS, FILL
 from train_hooks.tokenizer import CornerTokenizer
-
-
-@dataclass
-class TrainConfig:
-    """Everything `longcap train` takes; saved in the run folder and in every checkpoint."""
-
-    shards: str
-    out: str
-    preset: str = "tiny"
-    corner_tokens: int = 2  # K
-    text_mode: str = FILL  # fill | dreamlip | k (train_hooks/sampling.py)
-    subcaptions: int = 4  # k (k mode only)
-    window: int = 1  # m
-    mode: str = ACROSS_MODELS  # across_models (fills the context) | one_model
-    long_texts: int = 1  # T long texts per image, each [CLS] + K corners in the loss; 0: none
-    mllm_short_texts: int = 0  # extra short texts per image from the MLLMs' short captions
-    dreamlip_off_by_one: bool = False  # dreamlip mode: DreamLIP's start range, for comparisons
-    models: list[str] | None = None  # only these models' long captions (default: all)
-    context_length: int = 192
-    steps: int = 100
-    batch_size: int = 32  # per process
-    lr: float = 5e-4
-    weight_decay: float = 0.1
-    warmup: int | None = None  # default: 10% of steps, at most 1000
-    grad_clip: float = 1.0
-    lock_image: bool | None = None  # None: the preset's default
-    loss_weights: list[float] | None = None
-    seed: int = 0
-    num_workers: int = 2
-    shuffle_buffer: int = 1000
-    shard_format: str = "auto"
-    text_weights: str | None = None
-    vision_weights: str | None = None
-    vocab: str | None = None
-    save_every: int | None = None  # default: only at the end
-    keep_checkpoints: int = 3
-    device: str = "auto"
-    progress: bool = True
-    stop_after: int | None = None  # stop (with a checkpoint) at this step, schedule unchanged
-    log_keys: bool = False  # write keys_rank{R}.jsonl: which samples each rank trained on
-
-
-def checkpoint_dir(run: str | Path) -> Path:
-    return Path(run) / "checkpoints"
-
-
-def latest_checkpoint(run: str | Path) -> Path | None:
-    """The newest checkpoint of a run folder, or None."""
-    found = sorted(checkpoint_dir(run).glob("step_*.pt"))
-    return found[-1] if found else None
 
 
 def _dist() -> tuple[int, int, int]:
@@ -103,25 +62,6 @@ def _device(name: str, local_rank: int) -> torch.device:
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     return dev
-
-
-def _rng_state() -> dict[str, Any]:
-    state = {
-        "torch": torch.get_rng_state(),
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -157,17 +97,88 @@ def make_tokenizer(cfg: TrainConfig) -> CornerTokenizer:
 def _save(path: Path, obj: dict[str, Any], keep: int) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    torch.save(obj, tmp)
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())  # on disk before the name says it is complete
     os.replace(tmp, path)  # a killed save never leaves a half checkpoint under the real name
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)  # the rename itself survives a power loss
+    finally:
+        os.close(dir_fd)
     for old in sorted(path.parent.glob("step_*.pt"))[:-keep]:
         old.unlink()
 
 
+def _log_step(line: str) -> int | None:
+    """The step of one log.jsonl line, or None for a line a crash tore mid-write."""
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
 def _trim_log(log: Path, step: int) -> None:
-    """Drop log lines past the resumed step, so the log is the run's one loss curve."""
-    if log.is_file():
-        lines = [ln for ln in log.read_text().splitlines() if ln and json.loads(ln)["step"] <= step]
-        log.write_text("".join(ln + "\n" for ln in lines))
+    """Drop log lines past the resumed step, so the log is the run's one loss curve. A line that
+    does not parse (the last one, torn when the run was killed mid-write) is dropped with a note."""
+    if not log.is_file():
+        return
+    kept, torn = [], []
+    for i, ln in enumerate(log.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+        s = _log_step(ln) if ln.strip() else -1
+        if s is None:
+            torn.append(i)
+        elif 0 <= s <= step:
+            kept.append(ln)
+    if torn:
+        print(f"resume: {log}: dropped unreadable line(s) {torn} (torn by a crash mid-write)")
+    log.write_text("".join(ln + "\n" for ln in kept))
+
+
+class RunFolderError(ValueError):
+    """`longcap train` into a folder that holds something, without --resume or --overwrite."""
+
+
+# What a run writes into its folder; --overwrite removes these and nothing else.
+RUN_FILES = ("config.json", "log.jsonl", "checkpoints", "keys_rank*.jsonl")
+
+
+def prepare_run_folder(out: str | Path, resume: bool, overwrite: bool, main: bool) -> None:
+    """Refuse a folder that holds anything (an earlier run's log and checkpoints, or a user's
+    files) unless resuming; `overwrite` removes an earlier run's files, saying which."""
+    import shutil
+
+    out = Path(out)
+    if resume and overwrite:
+        raise RunFolderError("--resume and --overwrite exclude each other: choose one")
+    # Dot files (a lock file, .DS_Store) do not make a folder a run.
+    held = (
+        sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) if out.is_dir() else []
+    )
+    if resume or not held:
+        return
+    if not overwrite:
+        raise RunFolderError(
+            f"{out} is not empty ({', '.join(held[:5])}{', ...' if len(held) > 5 else ''}): "
+            "add --resume to continue that run, --overwrite to replace its log and "
+            "checkpoints, or choose a new --out folder"
+        )
+    removed = [p for pattern in RUN_FILES for p in sorted(out.glob(pattern))]
+    others = sorted(set(held) - {p.name for p in removed})
+    if others:
+        raise RunFolderError(
+            f"{out} holds files that are not a longcap run's ({', '.join(others[:5])}); "
+            "--overwrite only replaces a run's config.json, log.jsonl, checkpoints/ and "
+            "keys_rank*.jsonl: choose a new --out folder"
+        )
+    if main:
+        for p in removed:
+            if p.is_dir():
+                shutil.rmtree(p)
+            else:
+                p.unlink()
+        print(f"--overwrite: removed {', '.join(p.name for p in removed)} of the run in {out}")
 
 
 @dataclass
@@ -213,13 +224,6 @@ def setup(cfg: TrainConfig) -> Run:
     """Process group, seeds, tokenizer, model (DDP-wrapped), optimizer, schedule, objective."""
     from torch.nn.parallel import DistributedDataParallel as DDP
 
-    if cfg.long_texts < 0:
-        raise ValueError(f"--long-texts must be >= 0, got {cfg.long_texts}")
-    if cfg.long_texts == 0 and cfg.corner_tokens:
-        raise ValueError(
-            "--long-texts 0 trains on short captions only, and corner tokens only ever read long "
-            f"texts: set --corner-tokens 0 (got {cfg.corner_tokens})"
-        )
     terms = 1 + cfg.mllm_short_texts + cfg.long_texts * (1 + cfg.corner_tokens)
     if cfg.loss_weights is not None and len(cfg.loss_weights) != terms:
         raise ValueError(
@@ -279,11 +283,10 @@ def resume_run(run: Run, from_checkpoint: bool) -> None:
     """Load the run folder's latest checkpoint (model, optimizer, schedule, step, this rank's RNG)
     when asked and present; otherwise start a fresh log. Writes config.json either way."""
     cfg, out = run.cfg, run.out
-    path = latest_checkpoint(out) if from_checkpoint else None
+    path, ck = load_latest_loadable(out, run.device) if from_checkpoint else (None, None)
     if from_checkpoint and path is None and run.main:
         print(f"resume: no checkpoint in {checkpoint_dir(out)}; starting from step 0")
     if path is not None:
-        ck = torch.load(path, map_location=run.device, weights_only=False)
         if ck["model_config"]["num_corner"] != cfg.corner_tokens:
             raise ValueError(
                 f"{path}: trained with {ck['model_config']['num_corner']} corner tokens, "
@@ -295,7 +298,7 @@ def resume_run(run: Run, from_checkpoint: bool) -> None:
         run.sched.load_state_dict(ck["scheduler"])
         run.step = ck["step"]
         run.checkpoint = path
-        _set_rng_state(ck["rng"][run.rank] if run.rank < len(ck["rng"]) else ck["rng"][0])
+        set_rng_state(ck["rng"][run.rank] if run.rank < len(ck["rng"]) else ck["rng"][0])
         if run.main:
             print(f"resumed from {path} at step {run.step}")
             _trim_log(run.log, run.step)
@@ -377,9 +380,9 @@ def save_checkpoint(run: Run) -> None:
 
     rngs: list[Any] = [None] * run.world
     if run.world > 1:
-        dist.all_gather_object(rngs, _rng_state())
+        dist.all_gather_object(rngs, rng_state())
     else:
-        rngs = [_rng_state()]
+        rngs = [rng_state()]
     if not run.main:
         return
     run.checkpoint = checkpoint_dir(run.out) / f"step_{run.step:07d}.pt"
@@ -442,11 +445,17 @@ def _record(run: Run, rec: dict[str, Any], keys: list[str], bar) -> None:
         bar.update(1)
 
 
-def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
+def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
     """Train; returns {"steps", "loss", "checkpoint", "log", "batch_size", "world", "model"}.
-    resume: continue from the run folder's latest checkpoint (the same loss curve)."""
+    resume: continue from the run folder's latest checkpoint that loads (the same loss curve).
+    overwrite: replace an earlier run's files in `cfg.out` (else a non-empty folder is refused).
+    """
     import torch.distributed as dist
 
+    validate_train_config(cfg)
+    # Before setup: every rank checks before any rank can pass the process-group rendezvous
+    # and write into the folder.
+    prepare_run_folder(cfg.out, resume, overwrite, int(os.environ.get("RANK", "0")) == 0)
     run = setup(cfg)
     resume_run(run, resume)
     it = iter(make_stream(run))
