@@ -24,7 +24,7 @@ def _cmd_shards(args: argparse.Namespace) -> int:
     )
     print(f"longcap shards: {args.input} -> {args.out} (formats {','.join(cfg.formats)})")
     t0 = time.perf_counter()
-    res = assemble(args.input, args.out, cfg)
+    res = assemble(args.input, args.out, cfg, force_rebuild=args.force_rebuild)
     dt = time.perf_counter() - t0
     if res.shards_skipped:
         print(f"resumed: {res.shards_skipped} shards were already complete and kept")
@@ -106,6 +106,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="rules",
         choices=ENGINES,
         help="sub-caption splitter: rules (default), punkt (nltk) or regex (LoTLIP's re.split)",
+    )
+    p.add_argument(
+        "--force-rebuild",
+        action="store_true",
+        help="delete finished shards made from another config or input, and rebuild them "
+        "(without it such a rerun stops, exit 2)",
     )
     p.set_defaults(func=_cmd_shards)
 

@@ -52,13 +52,14 @@ class DecodedShard:
 
 
 def decode_image(data: bytes, max_side: int):
-    """RGB uint8 array of an encoded image, its longer side cut to `max_side` (ratio kept)."""
-    import io
-
+    """RGB uint8 array of an encoded image, its longer side cut to `max_side` (ratio kept);
+    `shards.limits.ImageLimitError` over the pixel or aspect cap (checked before decoding)."""
     import numpy as np
     from PIL import Image
 
-    with Image.open(io.BytesIO(data)) as im:
+    from shards.limits import open_image
+
+    with open_image(data) as im:
         if im.format == "JPEG":
             # Decode straight at the nearest scale >= the target: far less work for big JPEGs.
             im.draft("RGB", (max_side, max_side))
@@ -71,6 +72,7 @@ def decode_image(data: bytes, max_side: int):
 def decode_shard(root: str, shard: str, max_side: int) -> DecodedShard:
     """Read one input shard and decode its images (runs in a Ray CPU task, not in an engine)."""
     from shards.inputs import load_image_bytes
+    from shards.limits import ImageLimitError
     from shards.readers import read_shard
 
     out = DecodedShard(shard)
@@ -90,6 +92,9 @@ def decode_shard(root: str, shard: str, max_side: int) -> DecodedShard:
             continue
         try:
             out.images.append(decode_image(data, max_side))
+        except ImageLimitError as exc:
+            out.failures[key] = (S.FAIL_IMAGE_LIMIT, f"{sample.origin}: {exc}")
+            continue
         except Exception as exc:  # Pillow raises many types for bad bytes
             out.failures[key] = (
                 S.FAIL_IMAGE_DECODE,
