@@ -134,6 +134,22 @@ def _write_rejected(work: Path, out: Path) -> None:
 
 
 def run_build(cfg: BuildConfig) -> dict[str, Any]:
+    """Run every stage; holds the locks of the build's output and of its shards folder (the
+    recaption stage locks its own) for the whole run, so a second build exits 2 at once, before
+    it could start a second img2dataset."""
+    from shards.runlock import lock_output, unlock_output
+
+    out = Path(cfg.output)
+    lock_output(out, "longcap build")
+    lock_output(out / "shards", "longcap build")
+    try:
+        return _run_build(cfg)
+    finally:
+        unlock_output(out / "shards")
+        unlock_output(out)
+
+
+def _run_build(cfg: BuildConfig) -> dict[str, Any]:
     import ray
 
     from pipeline.recaption import _short, init_ray, run
@@ -153,7 +169,10 @@ def run_build(cfg: BuildConfig) -> dict[str, Any]:
     expected = {f"{i:05d}" for i in range(summary["shards"])}
     proc = None
     if set(ready_shards(work / "shards")) < expected:
-        proc = start_ingest(cfg.ingest, work, summary["extra_columns"])
+        # img2dataset refuses the images every other loader refuses (shards.limits).
+        from shards.limits import img2dataset_args
+
+        proc = start_ingest(cfg.ingest, work, summary["extra_columns"], img2dataset_args())
     init_ray(cfg.recaption)
     acfg = dataclasses.replace(cfg.assemble, captions=str(out / "recaption"))
     assemble_task = ray.remote(assemble_shard).options(num_cpus=1, max_retries=2)

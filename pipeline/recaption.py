@@ -140,7 +140,20 @@ def run(
     By default the job captions the shards in `job.input` when it starts. With `source`, it
     follows a stage still writing them: `source()` returns the shard names ready so far and
     whether more may come, and is asked again about once a second. `on_unit(model, shard)` is
-    called for every unit that is done (written now or found finished)."""
+    called for every unit that is done (written now or found finished).
+
+    Holds the lock of `job.output` (`shards.runlock`) for the whole run: a second run on it
+    raises OutputLocked at once."""
+    from shards.runlock import lock_output, unlock_output
+
+    lock_output(job.output, "longcap recaption")
+    try:
+        return _run(job, source, on_unit)
+    finally:
+        unlock_output(job.output)
+
+
+def _run(job: RecaptionConfig, source, on_unit) -> dict[str, Any]:
     import ray
     from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError
 
@@ -364,6 +377,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--config", required=True, help="run.yaml")
     args = parser.parse_args(argv)
+    from shards.runlock import OutputLocked
+
     try:
         cfg = load_config(args.config)
     except ConfigError as exc:
@@ -373,7 +388,11 @@ def main(argv: list[str] | None = None) -> int:
         f"recaption: {cfg.input} -> {cfg.output}/captions/<model>/ with "
         f"{', '.join(f'{m.name} ({m.family} x{m.replicas})' for m in cfg.models)}"
     )
-    report = run(cfg)
+    try:
+        report = run(cfg)
+    except OutputLocked as exc:
+        print(f"recaption: error: {exc}", file=sys.stderr)
+        return 2
     for name, m in report["models"].items():
         print(
             f"  {name}: {m['captioned']:,}/{m['images']:,} images captioned, "

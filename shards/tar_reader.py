@@ -17,6 +17,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
+from shards import limits
 from shards import schema as S
 from shards.inputs import (
     RELEASED_LONG_COLUMNS,
@@ -27,7 +28,6 @@ from shards.inputs import (
     long_entry,
     truth_text,
 )
-from shards.limits import MAX_MEMBER_BYTES, tar_member_refusal
 
 IMAGE_EXTS = {"jpg", "jpeg", "png", "webp", "bmp", "gif"}
 FAIL_TRUNCATED = "truncated_shard"
@@ -114,12 +114,12 @@ def iter_members(tar: tarfile.TarFile) -> Iterator[Member]:
     for info in tar:
         if info.isdir():
             continue
-        refusal = tar_member_refusal(info)
+        refusal = limits.tar_member_refusal(info)
         if refusal is not None:
             yield info, None, refusal
             continue
         f = tar.extractfile(info)
-        data = f.read(MAX_MEMBER_BYTES + 1) if f is not None else b""
+        data = f.read(limits.MAX_MEMBER_BYTES + 1) if f is not None else b""
         if len(data) != info.size:
             raise tarfile.ReadError(f"unexpected end of data in member {info.name}")
         yield info, data, None

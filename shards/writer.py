@@ -127,6 +127,8 @@ class _OpenShard:
                 # One row never sinks a shard: it becomes a failure row, the shard goes on.
                 sample.status = S.FAIL_KEY_UNSTORABLE
                 sample.error = f"key {sample.key!r}: the tar cannot store it ({exc})"
+                # Escaped, so that the Parquet row can hold the key whatever it was.
+                sample.key = sample.key.encode("utf-8", "backslashreplace").decode("utf-8")
                 sample.image, sample.long_captions, sample.short_captions = None, [], []
         self.stats.add(sample)
         if self.failed_keys is not None and not sample.ok:

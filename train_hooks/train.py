@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from shards.runlock import lock_output
 from train_hooks.data import StreamConfig, list_shards, make_loader
 from train_hooks.loss import LoTLIPLoss
 from train_hooks.model import build_model, preset
@@ -440,6 +441,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
     resume: continue from the run folder's latest checkpoint (the same loss curve)."""
     import torch.distributed as dist
 
+    if int(os.environ.get("RANK", "0")) == 0:  # one lock per run folder, held by rank 0
+        lock_output(cfg.out, "longcap train")
     run = setup(cfg)
     resume_run(run, resume)
     it = iter(make_stream(run))
