@@ -133,7 +133,7 @@ def _write_rejected(work: Path, out: Path) -> None:
             )
 
 
-def run_build(cfg: BuildConfig) -> dict[str, Any]:
+def run_build(cfg: BuildConfig, force_rebuild: bool = False) -> dict[str, Any]:
     """Run every stage; holds the locks of the build's output and of its shards folder (the
     recaption stage locks its own) for the whole run, so a second build exits 2 at once, before
     it could start a second img2dataset."""
@@ -143,13 +143,13 @@ def run_build(cfg: BuildConfig) -> dict[str, Any]:
     lock_output(out, "longcap build")
     lock_output(out / "shards", "longcap build")
     try:
-        return _run_build(cfg)
+        return _run_build(cfg, force_rebuild)
     finally:
         unlock_output(out / "shards")
         unlock_output(out)
 
 
-def _run_build(cfg: BuildConfig) -> dict[str, Any]:
+def _run_build(cfg: BuildConfig, force_rebuild: bool) -> dict[str, Any]:
     import ray
 
     from pipeline.recaption import _short, init_ray, run
@@ -188,10 +188,10 @@ def _run_build(cfg: BuildConfig) -> dict[str, Any]:
         captioned.setdefault(shard, set()).add(model)
         if captioned[shard] == models and shard not in assembling:
             assembling[shard] = assemble_task.remote(
-                str(work / "shards"), shard, str(shards_out), acfg
+                str(work / "shards"), shard, str(shards_out), acfg, force_rebuild
             )
 
-    report = run(cfg.recaption, source=source, on_unit=on_unit)
+    report = run(cfg.recaption, source=source, on_unit=on_unit, force_rebuild=force_rebuild)
     if proc is not None and proc.wait() != 0:
         print(f"build: img2dataset exited with {proc.returncode}; judging by its stats files")
     missing = sorted(expected - set(ready_shards(work / "shards")))
@@ -248,6 +248,11 @@ def _finish(cfg, out, summary, assembled, problems, t0) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline.build", description=__doc__)
     parser.add_argument("--config", required=True, help="build.yaml")
+    parser.add_argument(
+        "--force-rebuild",
+        action="store_true",
+        help="redo finished units and shards made from another config or input",
+    )
     args = parser.parse_args(argv)
     try:
         cfg = load_build_config(args.config)
@@ -255,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"build: error: {exc}", file=sys.stderr)
         return 2
     try:
-        result = run_build(cfg)
+        result = run_build(cfg, args.force_rebuild)
     except ValueError as exc:
         print(f"build: error: {exc}", file=sys.stderr)
         return 2

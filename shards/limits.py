@@ -13,10 +13,11 @@ import tarfile
 import warnings
 
 # Pillow's own default bomb limit (89.5 Mpx, ~268 MB as RGB): what assembly refused before, now
-# the cap of every loader. A 1:N panorama with a short side resized to S becomes S*S*N pixels, so
-# the aspect ratio is capped too.
+# the cap of every loader. A 1:N strip whose short side the trainer resizes to S becomes S*S*N
+# pixels, so the aspect ratio is capped too; 50 keeps real banners and panoramas (1:34 strips
+# occur in web data) and refuses the degenerate 1-pixel lines.
 MAX_IMAGE_PIXELS = 89_478_485
-MAX_ASPECT_RATIO = 20.0
+MAX_ASPECT_RATIO = 50.0
 # No image or caption member of a shard comes near this; a declared size above it is refused
 # unread (a 2 KB tar can declare a 16 GiB member).
 MAX_MEMBER_BYTES = 128 << 20

@@ -284,3 +284,32 @@ def test_tar_only_output_resumes_after_a_kill(tmp_path, sample_manifest, monkeyp
     assert sum(s["failures"].get("duplicate_key", 0) for s in stats) == 1
     with tarfile.open(out / "00002.tar") as tar:
         assert not any(n.startswith("twice") for n in tar.getnames())
+
+
+def test_recaption_unit_checks_its_fingerprint(tmp_path):
+    """A caption unit records the model config and input shard it was made from; a rerun with
+    another max_tokens, or after the input shard changed, stops unless told to rebuild."""
+    from pipeline.recaption_config import ModelConfig
+    from recaption.units import input_files, unit_done, unit_path, unit_record, write_unit
+    from shards.fingerprint import FingerprintMismatch
+    from tests.recaption.conftest import make_input_shards
+
+    inp = make_input_shards(tmp_path / "in", shards=1, per_shard=2)
+    model = ModelConfig(name="m", family="llava-1.5", path="/models/m", max_tokens=64)
+    path = unit_path(tmp_path / "rc", "m", "00000")
+    record = unit_record(model, input_files(inp, "00000"))
+    assert not unit_done(path, record)
+    write_unit(path, [{"key": "a", "status": "ok", "model": "m", "text": "x"}], record)
+    assert unit_done(path, record)
+    # Scheduling fields are not part of it: more replicas reuse the unit.
+    more = ModelConfig(name="m", family="llava-1.5", path="/models/m", max_tokens=64, replicas=4)
+    assert unit_done(path, unit_record(more, input_files(inp, "00000")))
+    longer = ModelConfig(name="m", family="llava-1.5", path="/models/m", max_tokens=256)
+    changed = unit_record(longer, input_files(inp, "00000"))
+    with pytest.raises(FingerprintMismatch, match="config.max_tokens: was 64, now 256"):
+        unit_done(path, changed)
+    tar = inp / "00000.tar"
+    os.utime(tar, ns=(tar.stat().st_atime_ns, tar.stat().st_mtime_ns + 10**9))
+    with pytest.raises(FingerprintMismatch, match="input.00000.tar.mtime_ns"):
+        unit_done(path, unit_record(model, input_files(inp, "00000")))
+    assert not unit_done(path, changed, force_rebuild=True) and not path.exists()
