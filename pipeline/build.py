@@ -153,7 +153,7 @@ def _run_build(cfg: BuildConfig, force_rebuild: bool) -> dict[str, Any]:
     import ray
 
     from pipeline.recaption import _short, init_ray, run
-    from shards.assemble import assemble_shard
+    from shards.assemble import assemble_shard, finished_shard
 
     t0 = time.time()
     out = Path(cfg.output)
@@ -166,6 +166,12 @@ def _run_build(cfg: BuildConfig, force_rebuild: bool) -> dict[str, Any]:
         flush=True,
     )
     _write_rejected(work, shards_out)
+    acfg = dataclasses.replace(cfg.assemble, captions=str(out / "recaption"))
+    # Shards finished by an earlier build from another config or input stop this one now
+    # (exit 2), not one by one inside assembly tasks; --force-rebuild deletes them here.
+    for mark in sorted(shards_out.glob("*_stats.json")):
+        name = mark.name[: -len("_stats.json")]
+        finished_shard(work / "shards", name, shards_out, acfg, force_rebuild)
     expected = {f"{i:05d}" for i in range(summary["shards"])}
     proc = None
     if set(ready_shards(work / "shards")) < expected:
@@ -174,7 +180,6 @@ def _run_build(cfg: BuildConfig, force_rebuild: bool) -> dict[str, Any]:
 
         proc = start_ingest(cfg.ingest, work, summary["extra_columns"], img2dataset_args())
     init_ray(cfg.recaption)
-    acfg = dataclasses.replace(cfg.assemble, captions=str(out / "recaption"))
     assemble_task = ray.remote(assemble_shard).options(num_cpus=1, max_retries=2)
     models = {m.name for m in cfg.recaption.models}
     captioned: dict[str, set[str]] = {}

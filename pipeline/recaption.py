@@ -28,7 +28,8 @@ from typing import Any
 
 from pipeline.recaption_config import ConfigError, RecaptionConfig, load_config
 from recaption.families import get_family
-from recaption.units import decode_shard, input_files, unit_done, unit_path, unit_record
+from recaption.units import decode_shard, unit_done, unit_path, unit_record
+from shards.fingerprint import shard_files_identity
 
 NAMESPACE = "longcap"
 UNITS_PER_ACTOR = 2
@@ -107,7 +108,7 @@ class _Model:
     def done(self, shard: str) -> bool:
         """The unit's file exists and was made from this config and input shard (else
         FingerprintMismatch, or deleted with force_rebuild)."""
-        record = unit_record(self.cfg, input_files(self.job.input, shard))
+        record = unit_record(self.cfg, shard_files_identity(self.job.input, shard))
         path = unit_path(self.job.output, self.cfg.name, shard)
         return unit_done(path, record, self.force_rebuild)
 

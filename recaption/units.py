@@ -50,17 +50,6 @@ def unit_path(output: str | Path, model: str, shard: str) -> Path:
 _NOT_OUTPUT = {"replicas", "gpus_per_replica", "cpus_per_replica", "batch_size"}
 
 
-def input_files(root: str | Path, shard: str) -> dict[str, Any]:
-    """Identity (size, mtime) of an input shard's files: the input part of a fingerprint."""
-    from shards.fingerprint import file_identity
-
-    return {
-        f"{shard}{ext}": file_identity(Path(root) / f"{shard}{ext}")
-        for ext in (".tar", ".parquet")
-        if (Path(root) / f"{shard}{ext}").exists()
-    }
-
-
 def unit_record(model_cfg: Any, inputs: dict[str, Any]) -> dict[str, Any]:
     """`made_from` of a unit: the model's output-changing config and the input shard's files."""
     from dataclasses import asdict
@@ -104,7 +93,7 @@ class DecodedShard:
     images: list[Any] = field(default_factory=list)  # HxWx3 uint8 arrays
     failures: dict[str, tuple[str, str]] = field(default_factory=dict)  # key -> (status, error)
     order: list[str] = field(default_factory=list)  # every key, in input order
-    inputs: dict[str, Any] = field(default_factory=dict)  # input_files(): for the fingerprint
+    inputs: dict[str, Any] = field(default_factory=dict)  # shard_files_identity(): fingerprint
 
 
 def decode_image(data: bytes, max_side: int):
@@ -127,11 +116,12 @@ def decode_image(data: bytes, max_side: int):
 
 def decode_shard(root: str, shard: str, max_side: int) -> DecodedShard:
     """Read one input shard and decode its images (runs in a Ray CPU task, not in an engine)."""
+    from shards.fingerprint import shard_files_identity
     from shards.inputs import load_image_bytes
     from shards.limits import ImageLimitError
     from shards.readers import read_shard
 
-    out = DecodedShard(shard, inputs=input_files(root, shard))
+    out = DecodedShard(shard, inputs=shard_files_identity(root, shard))
     seen: set[str] = set()
     for sample in read_shard(Path(root), shard):
         key = sample.key

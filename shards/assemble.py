@@ -23,10 +23,10 @@ from shards import schema as S
 from shards.fingerprint import (
     FingerprintMismatch,
     check_mark,
-    file_identity,
     fingerprint,
     input_identity,
     made_from,
+    shard_files_identity,
 )
 from shards.inputs import InputError, InputSample, load_image_bytes
 from shards.limits import ImageLimitError, open_image
@@ -407,6 +407,31 @@ def _assemble(
     return AssembleResult(out, written, len(done), n_in, n_ok, n_in - n_ok)
 
 
+def finished_shard(
+    input_dir: str | Path,
+    name: str,
+    out_dir: str | Path,
+    cfg: AssembleConfig,
+    force_rebuild: bool = False,
+) -> dict[str, Any] | None:
+    """The stats of output shard `name` when it is finished and was made from this config and
+    input shard; None when it is not there. One made from another raises FingerprintMismatch,
+    or with `force_rebuild` is deleted (None)."""
+    stats_path = Path(out_dir) / f"{name}_stats.json"
+    if not stats_path.exists():
+        return None
+    stats = json.loads(stats_path.read_text())
+    record = made_from(cfg.output_fields(), shard_files_identity(input_dir, name))
+    try:
+        check_mark(stats, record, stats_path)
+        return stats
+    except FingerprintMismatch:
+        if not force_rebuild:
+            raise
+        _remove_shard(Path(out_dir), stats)
+        return None
+
+
 def assemble_shard(
     input_dir: str | Path,
     name: str,
@@ -422,22 +447,10 @@ def assemble_shard(
     cfg = cfg or AssembleConfig()
     cfg.validate()
     out = Path(out_dir)
-    stats_path = out / f"{name}_stats.json"
-    inputs = {
-        f"{name}{ext}": file_identity(Path(input_dir) / f"{name}{ext}")
-        for ext in (".tar", ".parquet")
-        if (Path(input_dir) / f"{name}{ext}").exists()
-    }
-    record = made_from(cfg.output_fields(), inputs)
-    if stats_path.exists():
-        stats = json.loads(stats_path.read_text())
-        try:
-            check_mark(stats, record, stats_path)
-            return stats
-        except FingerprintMismatch:
-            if not force_rebuild:
-                raise
-            _remove_shard(out, stats)
+    record = made_from(cfg.output_fields(), shard_files_identity(input_dir, name))
+    stats = finished_shard(input_dir, name, out, cfg, force_rebuild)
+    if stats is not None:
+        return stats
     out.mkdir(parents=True, exist_ok=True)
     join = None
     if cfg.captions:

@@ -36,6 +36,15 @@ def file_identity(path: str | os.PathLike) -> dict[str, Any]:
     return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
+def shard_files_identity(root: str | os.PathLike, shard: str) -> dict[str, Any]:
+    """Identity of one input shard: size and time of its `NNNNN.tar` and `NNNNN.parquet`."""
+    return {
+        f"{shard}{ext}": file_identity(Path(root) / f"{shard}{ext}")
+        for ext in (".tar", ".parquet")
+        if (Path(root) / f"{shard}{ext}").exists()
+    }
+
+
 def input_identity(path: str | os.PathLike) -> dict[str, Any]:
     """A manifest's identity, or a folder's: a hash of the names, sizes and times of the files
     directly in it (shards of img2dataset or longcap, or the top level of an image folder)."""

@@ -290,8 +290,9 @@ def test_recaption_unit_checks_its_fingerprint(tmp_path):
     """A caption unit records the model config and input shard it was made from; a rerun with
     another max_tokens, or after the input shard changed, stops unless told to rebuild."""
     from pipeline.recaption_config import ModelConfig
-    from recaption.units import input_files, unit_done, unit_path, unit_record, write_unit
+    from recaption.units import unit_done, unit_path, unit_record, write_unit
     from shards.fingerprint import FingerprintMismatch
+    from shards.fingerprint import shard_files_identity as input_files
     from tests.recaption.conftest import make_input_shards
 
     inp = make_input_shards(tmp_path / "in", shards=1, per_shard=2)
@@ -313,3 +314,41 @@ def test_recaption_unit_checks_its_fingerprint(tmp_path):
     with pytest.raises(FingerprintMismatch, match="input.00000.tar.mtime_ns"):
         unit_done(path, unit_record(model, input_files(inp, "00000")))
     assert not unit_done(path, changed, force_rebuild=True) and not path.exists()
+
+
+def test_build_with_another_assemble_config_stops_before_img2dataset(tmp_path, monkeypatch, capsys):
+    import pipeline.build as B
+    from tests.recaption.conftest import make_input_shards
+
+    out = tmp_path.resolve() / "out"
+    make_input_shards(out / "ingest" / "shards", shards=1, per_shard=2)
+    (out / "recaption" / "captions" / "m").mkdir(parents=True)
+    earlier = A.AssembleConfig(captions=str(out / "recaption"))  # as a build with defaults
+    A.assemble_shard(out / "ingest" / "shards", "00000", out / "shards", earlier)
+    urls = tmp_path / "urls.csv"
+    # Two URLs, one per shard: shard 00001 is not downloaded yet, so the build would start
+    # img2dataset (replaced below by a function that stops the test there).
+    urls.write_text("url,caption\nhttp://127.0.0.1:9/a.jpg,a\nhttp://127.0.0.1:9/b.jpg,b\n")
+    (tmp_path / "model").mkdir()
+    cfg = {
+        "output": str(out),
+        "ingest": {"url_list": str(urls), "number_sample_per_shard": 1},
+        "models": [{"name": "m", "family": "llava-1.5", "path": str(tmp_path / "model")}],
+        "assemble": {"split_engine": "regex"},
+    }
+    (tmp_path / "build.yaml").write_text(yaml.safe_dump(cfg))
+
+    class Started(Exception):
+        pass
+
+    def start_ingest(*a, **k):
+        raise Started
+
+    monkeypatch.setattr(B, "start_ingest", start_ingest)
+    build = ["build", "--config", str(tmp_path / "build.yaml")]
+    assert main(build) == 2
+    assert "config.split_engine: was 'rules', now 'regex'" in capsys.readouterr().err
+    assert (out / "shards" / "00000_stats.json").exists()
+    with pytest.raises(Started):  # --force-rebuild: the stale shard goes, the build goes on
+        main([*build, "--force-rebuild"])
+    assert not (out / "shards" / "00000_stats.json").exists()

@@ -192,6 +192,7 @@ def test_build_hands_the_caps_to_img2dataset(tmp_path, monkeypatch):
     """run_build starts img2dataset with the caps every other loader applies."""
     import pipeline.build as B
     from pipeline.ingest import IngestConfig, start_ingest
+    from shards.assemble import AssembleConfig
 
     seen = {}
 
@@ -207,7 +208,9 @@ def test_build_hands_the_caps_to_img2dataset(tmp_path, monkeypatch):
     })  # fmt: skip
     monkeypatch.setattr(B, "_write_rejected", lambda work, out: None)
     monkeypatch.setattr(B, "start_ingest", fake_start)
-    cfg = B.BuildConfig(str(tmp_path / "out"), IngestConfig(url_list="x.csv"), None, None)
+    cfg = B.BuildConfig(
+        str(tmp_path / "out"), IngestConfig(url_list="x.csv"), None, AssembleConfig()
+    )
     with pytest.raises(Stop):
         B.run_build(cfg)
     assert seen["args"] == [
