@@ -137,12 +137,13 @@ def run_build(cfg: BuildConfig, force_rebuild: bool = False) -> dict[str, Any]:
     """Run every stage; holds the locks of the build's output and of its shards folder (the
     recaption stage locks its own) for the whole run, so a second build exits 2 at once, before
     it could start a second img2dataset."""
-    from shards.runlock import lock_output, unlock_output
+    from shards.runlock import lock_output, remove_stale_temps, unlock_output
 
     out = Path(cfg.output)
     lock_output(out, "longcap build")
     lock_output(out / "shards", "longcap build")
     try:
+        remove_stale_temps(out / "shards")  # left by assembly tasks of a killed build
         return _run_build(cfg, force_rebuild)
     finally:
         unlock_output(out / "shards")

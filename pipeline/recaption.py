@@ -156,10 +156,12 @@ def run(
 
     Holds the lock of `job.output` (`shards.runlock`) for the whole run: a second run on it
     raises OutputLocked at once."""
-    from shards.runlock import lock_output, unlock_output
+    from shards.runlock import lock_output, remove_stale_temps, unlock_output
 
     lock_output(job.output, "longcap recaption")
     try:
+        for m in job.models:  # unit temps of killed runs (never a live run's)
+            remove_stale_temps(Path(job.output) / "captions" / m.name)
         return _run(job, source, on_unit, force_rebuild)
     finally:
         unlock_output(job.output)
