@@ -2,10 +2,11 @@
 
 Every stage that writes an output folder (`longcap shards`, `recaption`, `build`, `train`) calls
 `lock_output(folder)` first. The lock is `fcntl.flock` on `folder/.longcap.lock`, which records
-the holder's pid, host and command; a second run on the same folder gets `OutputLocked` at once
-(the CLIs exit 2 with its message, naming the holder's pid). The kernel drops the lock when the
-holder exits, however it dies, so a killed run never leaves a stale lock. Within one process the
-lock is re-entrant (a build holds its output and the recaption stage locks it again).
+the holder's pid, host, start time, run and command line; a second run on the same folder gets
+`OutputLocked` at once (the CLIs exit 2 with its message, naming the holder's pid). The kernel
+drops the lock when the holder exits, however it dies, so a killed run never leaves a stale
+lock. Within one process the lock is re-entrant (a build holds its output and the recaption
+stage locks it again).
 
 flock is advisory and local: it serialises runs on one machine, or on a shared filesystem that
 supports flock (NFSv4, Lustre with flock); see docs/FORMAT.md.
@@ -53,8 +54,8 @@ def _holder(lock_path: Path) -> str:
     if not info.get("pid"):
         return "a run whose pid is not recorded yet"
     return (
-        f"pid {info['pid']} on {info.get('host', '?')}, started "
-        f"{info.get('started', '?')}: {info.get('command', '?')}"
+        f"pid {info['pid']} on {info.get('host', '?')}, {info.get('run', 'a run')} started "
+        f"{info.get('started', '?')}: {info.get('argv', '?')}"
     )
 
 
@@ -82,7 +83,8 @@ def lock_output(folder: str | os.PathLike, what: str) -> Path:
         "pid": os.getpid(),
         "host": socket.gethostname(),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "command": " ".join([what, *sys.argv[1:]])[:500],
+        "run": what,
+        "argv": " ".join(sys.argv)[:500],
     }
     os.ftruncate(fd, 0)
     os.pwrite(fd, json.dumps(info).encode(), 0)
