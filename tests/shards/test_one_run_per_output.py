@@ -352,3 +352,19 @@ def test_build_with_another_assemble_config_stops_before_img2dataset(tmp_path, m
     with pytest.raises(Started):  # --force-rebuild: the stale shard goes, the build goes on
         main([*build, "--force-rebuild"])
     assert not (out / "shards" / "00000_stats.json").exists()
+
+
+def test_shards_made_before_fingerprints_are_reused_with_a_warning(
+    tmp_path, sample_manifest, capsys, caplog
+):
+    out = tmp_path / "out"
+    args = ["shards", "--input", str(sample_manifest), "--out", str(out), "--shard-size", "10"]
+    assert main(args) == 0
+    for mark in out.glob("*_stats.json"):  # as the previous version wrote them
+        stats = json.loads(mark.read_text())
+        del stats["made_from"], stats["fingerprint"]
+        mark.write_text(json.dumps(stats))
+    capsys.readouterr()
+    assert main(args) == 0
+    assert "3 shards were already complete" in capsys.readouterr().out
+    assert "made before fingerprints were recorded" in caplog.text
