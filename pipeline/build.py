@@ -114,11 +114,28 @@ def _write_rejected(work: Path, out: Path) -> None:
             )
 
 
-def run_build(cfg: BuildConfig) -> dict[str, Any]:
+def run_build(cfg: BuildConfig, force_rebuild: bool = False) -> dict[str, Any]:
+    """Run every stage; holds the locks of the build's output and of its shards folder (the
+    recaption stage locks its own) for the whole run, so a second build exits 2 at once, before
+    it could start a second img2dataset."""
+    from shards.runlock import lock_output, remove_stale_temps, unlock_output
+
+    out = Path(cfg.output)
+    lock_output(out, "longcap build")
+    lock_output(out / "shards", "longcap build")
+    try:
+        remove_stale_temps(out / "shards")  # left by assembly tasks of a killed build
+        return _run_build(cfg, force_rebuild)
+    finally:
+        unlock_output(out / "shards")
+        unlock_output(out)
+
+
+def _run_build(cfg: BuildConfig, force_rebuild: bool) -> dict[str, Any]:
     import ray
 
     from pipeline.recaption import _short, init_ray, run
-    from shards.assemble import assemble_shard
+    from shards.assemble import assemble_shard, finished_shard
 
     t0 = time.time()
     out = Path(cfg.output)
@@ -131,12 +148,20 @@ def run_build(cfg: BuildConfig) -> dict[str, Any]:
         flush=True,
     )
     _write_rejected(work, shards_out)
+    acfg = dataclasses.replace(cfg.assemble, captions=str(out / "recaption"))
+    # Shards finished by an earlier build from another config or input stop this one now
+    # (exit 2), not one by one inside assembly tasks; --force-rebuild deletes them here.
+    for mark in sorted(shards_out.glob("*_stats.json")):
+        name = mark.name[: -len("_stats.json")]
+        finished_shard(work / "shards", name, shards_out, acfg, force_rebuild)
     expected = {f"{i:05d}" for i in range(summary["shards"])}
     proc = None
     if set(ready_shards(work / "shards")) < expected:
-        proc = start_ingest(cfg.ingest, work, summary["extra_columns"])
+        # img2dataset refuses the images every other loader refuses (shards.limits).
+        from shards.limits import img2dataset_args
+
+        proc = start_ingest(cfg.ingest, work, summary["extra_columns"], img2dataset_args())
     init_ray(cfg.recaption)
-    acfg = dataclasses.replace(cfg.assemble, captions=str(out / "recaption"))
     assemble_task = ray.remote(assemble_shard).options(num_cpus=1, max_retries=2)
     models = {m.name for m in cfg.recaption.models}
     captioned: dict[str, set[str]] = {}
@@ -150,10 +175,10 @@ def run_build(cfg: BuildConfig) -> dict[str, Any]:
         captioned.setdefault(shard, set()).add(model)
         if captioned[shard] == models and shard not in assembling:
             assembling[shard] = assemble_task.remote(
-                str(work / "shards"), shard, str(shards_out), acfg
+                str(work / "shards"), shard, str(shards_out), acfg, force_rebuild
             )
 
-    report = run(cfg.recaption, source=source, on_unit=on_unit)
+    report = run(cfg.recaption, source=source, on_unit=on_unit, force_rebuild=force_rebuild)
     if proc is not None and proc.wait() != 0:
         print(f"build: img2dataset exited with {proc.returncode}; judging by its stats files")
     missing = sorted(expected - set(ready_shards(work / "shards")))
@@ -210,6 +235,11 @@ def _finish(cfg, out, summary, assembled, problems, t0) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline.build", description=__doc__)
     parser.add_argument("--config", required=True, help="build.yaml")
+    parser.add_argument(
+        "--force-rebuild",
+        action="store_true",
+        help="redo finished units and shards made from another config or input",
+    )
     args = parser.parse_args(argv)
     try:
         cfg = load_build_config(args.config)
@@ -217,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"build: error: {exc}", file=sys.stderr)
         return 2
     try:
-        result = run_build(cfg)
+        result = run_build(cfg, args.force_rebuild)
     except ValueError as exc:
         print(f"build: error: {exc}", file=sys.stderr)
         return 2

@@ -24,7 +24,7 @@ def _cmd_shards(args: argparse.Namespace) -> int:
     )
     print(f"longcap shards: {args.input} -> {args.out} (formats {','.join(cfg.formats)})")
     t0 = time.perf_counter()
-    res = assemble(args.input, args.out, cfg)
+    res = assemble(args.input, args.out, cfg, force_rebuild=args.force_rebuild)
     dt = time.perf_counter() - t0
     if res.shards_skipped:
         print(f"resumed: {res.shards_skipped} shards were already complete and kept")
@@ -56,13 +56,13 @@ def _cmd_stats(args: argparse.Namespace) -> int:
 def _cmd_recaption(args: argparse.Namespace) -> int:
     from pipeline.recaption import main as recaption_main
 
-    return recaption_main(["--config", args.config])
+    return recaption_main(["--config", args.config] + ["--force-rebuild"] * args.force_rebuild)
 
 
 def _cmd_build(args: argparse.Namespace) -> int:
     from pipeline.build import main as build_main
 
-    return build_main(["--config", args.config])
+    return build_main(["--config", args.config] + ["--force-rebuild"] * args.force_rebuild)
 
 
 def _cmd_tiny_models(args: argparse.Namespace) -> int:
@@ -114,14 +114,32 @@ def build_parser() -> argparse.ArgumentParser:
         choices=ENGINES,
         help="sub-caption splitter: rules (default), punkt (nltk) or regex (LoTLIP's re.split)",
     )
+    p.add_argument(
+        "--force-rebuild",
+        action="store_true",
+        help="delete finished shards made from another config or input, and rebuild them "
+        "(without it such a rerun stops, exit 2)",
+    )
     p.set_defaults(func=_cmd_shards)
 
     p = sub.add_parser("recaption", help="recaption input shards with MLLMs (vLLM in Ray actors)")
     p.add_argument("--config", required=True, help="run.yaml (see README)")
+    p.add_argument(
+        "--force-rebuild",
+        action="store_true",
+        help="redo finished outputs made from another config or input (without it such a "
+        "rerun stops, exit 2)",
+    )
     p.set_defaults(func=_cmd_recaption)
 
     p = sub.add_parser("build", help="URL list -> img2dataset -> recaption -> shards -> stats")
     p.add_argument("--config", required=True, help="build.yaml (see README)")
+    p.add_argument(
+        "--force-rebuild",
+        action="store_true",
+        help="redo finished outputs made from another config or input (without it such a "
+        "rerun stops, exit 2)",
+    )
     p.set_defaults(func=_cmd_build)
 
     p = sub.add_parser("tiny-models", help="create tiny random VLMs for CPU runs and tests")

@@ -181,8 +181,11 @@ def _write_atomic(path: Path, rows: list[dict[str, Any]], columns: list[str]) ->
     os.replace(tmp, path)
 
 
-def start_ingest(cfg: IngestConfig, work: Path, extra_columns: list[str]) -> subprocess.Popen:
-    """img2dataset in a child process, resuming (incremental mode) into work/shards."""
+def start_ingest(
+    cfg: IngestConfig, work: Path, extra_columns: list[str], extra_args: list[str] = ()
+) -> subprocess.Popen:
+    """img2dataset in a child process, resuming (incremental mode) into work/shards;
+    `extra_args` are appended to its command line (the build's image caps)."""
     exe = Path(sys.executable).parent / "img2dataset"
     cmd = [
         str(exe) if exe.exists() else "img2dataset",
@@ -196,6 +199,7 @@ def start_ingest(cfg: IngestConfig, work: Path, extra_columns: list[str]) -> sub
         "--incremental_mode", "incremental", "--distributor", "multiprocessing",
         "--enable_wandb", "False",
         "--save_additional_columns", json.dumps(["longcap_row", "source", *extra_columns]),
+        *extra_args,
     ]  # fmt: skip
     log = open(work / "img2dataset.log", "ab")
     env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"}

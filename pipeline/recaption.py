@@ -33,7 +33,8 @@ from typing import Any
 
 from pipeline.recaption_config import ConfigError, RecaptionConfig, load_config
 from recaption.families import get_family
-from recaption.units import decode_shard, unit_path
+from recaption.units import decode_shard, unit_done, unit_path, unit_record
+from shards.fingerprint import shard_files_identity
 
 NAMESPACE = "longcap"
 UNITS_PER_ACTOR = 2
@@ -90,10 +91,11 @@ def _local_cluster_alive() -> bool:
 class _Model:
     """Driver-side state of one model: its actors, its queue of shards, its counts."""
 
-    def __init__(self, cfg, job: RecaptionConfig, shards: list[str]):
+    def __init__(self, cfg, job: RecaptionConfig, shards: list[str], force_rebuild: bool = False):
         self.cfg = cfg
+        self.job, self.force_rebuild = job, force_rebuild
         self.size = cfg.image_size or get_family(cfg.family).image_size
-        self.queue = deque(s for s in shards if not unit_path(job.output, cfg.name, s).exists())
+        self.queue = deque(s for s in shards if not self.done(s))
         self.skipped = len(shards) - len(self.queue)
         self.idle: list[Any] = []
         self.images = self.captioned = self.tokens = 0
@@ -107,6 +109,13 @@ class _Model:
         self.last_done: float | None = None
         self.images_after_first = 0
         self.load_errors: list[str] = []
+
+    def done(self, shard: str) -> bool:
+        """The unit's file exists and was made from this config and input shard (else
+        FingerprintMismatch, or deleted with force_rebuild)."""
+        record = unit_record(self.cfg, shard_files_identity(self.job.input, shard))
+        path = unit_path(self.job.output, self.cfg.name, shard)
+        return unit_done(path, record, self.force_rebuild)
 
 
 def _engine_env(m) -> dict[str, str]:
@@ -139,13 +148,31 @@ def run(
     job: RecaptionConfig,
     source: Callable[[], tuple[list[str], bool]] | None = None,
     on_unit: Callable[[str, str], None] | None = None,
+    force_rebuild: bool = False,
 ) -> dict[str, Any]:
     """Run the recaption job to the end; returns (and writes) the run report.
 
     By default the job captions the shards in `job.input` when it starts. With `source`, it
     follows a stage still writing them: `source()` returns the shard names ready so far and
     whether more may come, and is asked again about once a second. `on_unit(model, shard)` is
-    called for every unit that is done (written now or found finished)."""
+    called for every unit that is done (written now or found finished). A finished unit made
+    from another model config or input shard stops the job (FingerprintMismatch) unless
+    `force_rebuild`, which captions it again.
+
+    Holds the lock of `job.output` (`shards.runlock`) for the whole run: a second run on it
+    raises OutputLocked at once."""
+    from shards.runlock import lock_output, remove_stale_temps, unlock_output
+
+    lock_output(job.output, "longcap recaption")
+    try:
+        for m in job.models:  # unit temps of killed runs (never a live run's)
+            remove_stale_temps(Path(job.output) / "captions" / m.name)
+        return _run(job, source, on_unit, force_rebuild)
+    finally:
+        unlock_output(job.output)
+
+
+def _run(job: RecaptionConfig, source, on_unit, force_rebuild: bool) -> dict[str, Any]:
     import ray
     from ray.exceptions import ActorUnavailableError, RayError
 
@@ -163,7 +190,7 @@ def run(
         if unknown:
             raise ConfigError(f"shards: {unknown} not found in {job.input}")
         names = [n for n in names if n in set(job.shards)]
-    models = {m.name: _Model(m, job, names) for m in job.models}
+    models = {m.name: _Model(m, job, names, force_rebuild) for m in job.models}
     known = set(names)
     if on_unit is not None:
         for m in models.values():
@@ -262,7 +289,7 @@ def run(
                 for shard in [n for n in names if n not in known]:
                     known.add(shard)
                     for m in models.values():
-                        if unit_path(job.output, m.cfg.name, shard).exists():
+                        if m.done(shard):
                             m.skipped += 1
                             if on_unit is not None:
                                 on_unit(m.cfg.name, shard)
@@ -491,7 +518,16 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m pipeline.recaption", description="Recaption input shards with MLLMs."
     )
     parser.add_argument("--config", required=True, help="run.yaml")
+    parser.add_argument(
+        "--force-rebuild",
+        action="store_true",
+        help="caption again the finished units made from another model config or input shard "
+        "(without it such a rerun stops, exit 2)",
+    )
     args = parser.parse_args(argv)
+    from shards.fingerprint import FingerprintMismatch
+    from shards.runlock import OutputLocked
+
     try:
         cfg = load_config(args.config)
     except ConfigError as exc:
@@ -502,8 +538,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{', '.join(f'{m.name} ({m.family} x{m.replicas})' for m in cfg.models)}"
     )
     try:
-        report = run(cfg)
-    except ConfigError as exc:
+        report = run(cfg, force_rebuild=args.force_rebuild)
+    except (ConfigError, OutputLocked, FingerprintMismatch) as exc:
         print(f"recaption: error: {exc}", file=sys.stderr)
         return 2
     except Exception:  # a crash: its report is written; exit codes 0-2 mean a finished job

@@ -14,7 +14,7 @@ from collections import Counter
 from typing import Any
 
 from recaption.clean import clean_caption
-from recaption.units import DecodedShard, unit_path, write_unit
+from recaption.units import DecodedShard, unit_path, unit_record, write_unit
 from shards import schema as S
 
 FAIL_EMPTY_OUTPUT = "empty_output"
@@ -66,7 +66,8 @@ class EngineWorker:
         for key, (status, error) in decoded.failures.items():
             rows[key] = {"key": key, "status": status, "error": error, "model": cfg.name}
         ordered = [rows[k] for k in decoded.order]
-        write_unit(unit_path(output, cfg.name, decoded.shard), ordered)
+        record = unit_record(cfg, decoded.inputs)
+        write_unit(unit_path(output, cfg.name, decoded.shard), ordered, record)
         return {
             "model": cfg.name,
             "shard": decoded.shard,

@@ -1,13 +1,16 @@
 """Work units of the recaption stage: decode an input shard, write one model's captions of it.
 
 A unit is (input shard, model). Its output `OUTPUT/captions/<model>/NNNNN.parquet` is written
-under a temporary name and renamed when complete: its presence marks the unit done, so a rerun
-skips it and a killed job loses only the units in flight. Every input key appears exactly once
+under this run's temporary name, fsynced and renamed when complete: its presence marks the unit
+done, so a rerun skips it and a killed job loses only the units in flight. Its schema metadata
+records what it was made from (the model's config, the input shard's files); a rerun with
+another stops (`shards.fingerprint`) unless told to rebuild. Every input key appears exactly once
 in it, captioned (`status` "ok") or with the reason it was not.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,10 +37,51 @@ CAPTION_SCHEMA = pa.schema(
     metadata={b"longcap.captions_version": b"1"},
 )
 CAPTION_COLUMNS = CAPTION_SCHEMA.names
+# Schema metadata of a unit file: what it was made from (shards.fingerprint), and its hash.
+_MADE_FROM = b"longcap.made_from"
+_FINGERPRINT = b"longcap.fingerprint"
 
 
 def unit_path(output: str | Path, model: str, shard: str) -> Path:
     return Path(output) / "captions" / model / f"{shard}.parquet"
+
+
+# ModelConfig fields that do not change the captions (scheduling only): not fingerprinted.
+_NOT_OUTPUT = {"replicas", "gpus_per_replica", "cpus_per_replica", "batch_size"}
+
+
+def unit_record(model_cfg: Any, inputs: dict[str, Any]) -> dict[str, Any]:
+    """`made_from` of a unit: the model's output-changing config and the input shard's files."""
+    from dataclasses import asdict
+
+    from shards.fingerprint import made_from
+
+    config = {k: v for k, v in asdict(model_cfg).items() if k not in _NOT_OUTPUT}
+    return made_from(config, inputs)
+
+
+def unit_done(path: Path, record: dict[str, Any], force_rebuild: bool = False) -> bool:
+    """Is this unit finished, from this config and input? A unit made from another raises
+    `FingerprintMismatch`, or with `force_rebuild` is deleted (and so not done)."""
+    from shards.fingerprint import FingerprintMismatch, check_mark
+
+    if not path.exists():
+        return False
+    meta = pq.read_schema(path).metadata or {}
+    mark = {}
+    if _FINGERPRINT in meta:
+        mark = {
+            "fingerprint": meta[_FINGERPRINT].decode(),
+            "made_from": json.loads(meta[_MADE_FROM]),
+        }
+    try:
+        check_mark(mark, record, path)
+    except FingerprintMismatch:
+        if not force_rebuild:
+            raise
+        path.unlink()
+        return False
+    return True
 
 
 @dataclass
@@ -49,16 +93,18 @@ class DecodedShard:
     images: list[Any] = field(default_factory=list)  # HxWx3 uint8 arrays
     failures: dict[str, tuple[str, str]] = field(default_factory=dict)  # key -> (status, error)
     order: list[str] = field(default_factory=list)  # every key, in input order
+    inputs: dict[str, Any] = field(default_factory=dict)  # shard_files_identity(): fingerprint
 
 
 def decode_image(data: bytes, max_side: int):
-    """RGB uint8 array of an encoded image, its longer side cut to `max_side` (ratio kept)."""
-    import io
-
+    """RGB uint8 array of an encoded image, its longer side cut to `max_side` (ratio kept);
+    `shards.limits.ImageLimitError` over the pixel or aspect cap (checked before decoding)."""
     import numpy as np
     from PIL import Image
 
-    with Image.open(io.BytesIO(data)) as im:
+    from shards.limits import open_image
+
+    with open_image(data) as im:
         if im.format == "JPEG":
             # Decode straight at the nearest scale >= the target: far less work for big JPEGs.
             im.draft("RGB", (max_side, max_side))
@@ -70,10 +116,12 @@ def decode_image(data: bytes, max_side: int):
 
 def decode_shard(root: str, shard: str, max_side: int) -> DecodedShard:
     """Read one input shard and decode its images (runs in a Ray CPU task, not in an engine)."""
+    from shards.fingerprint import shard_files_identity
     from shards.inputs import load_image_bytes
+    from shards.limits import ImageLimitError
     from shards.readers import read_shard
 
-    out = DecodedShard(shard)
+    out = DecodedShard(shard, inputs=shard_files_identity(root, shard))
     seen: set[str] = set()
     for sample in read_shard(Path(root), shard):
         key = sample.key
@@ -90,6 +138,9 @@ def decode_shard(root: str, shard: str, max_side: int) -> DecodedShard:
             continue
         try:
             out.images.append(decode_image(data, max_side))
+        except ImageLimitError as exc:
+            out.failures[key] = (S.FAIL_IMAGE_LIMIT, f"{sample.origin}: {exc}")
+            continue
         except Exception as exc:  # Pillow raises many types for bad bytes
             out.failures[key] = (
                 S.FAIL_IMAGE_DECODE,
@@ -100,14 +151,30 @@ def decode_shard(root: str, shard: str, max_side: int) -> DecodedShard:
     return out
 
 
-def write_unit(path: Path, rows: list[dict[str, Any]]) -> None:
-    """Write a unit's caption rows atomically (temporary name, fsync, rename)."""
+def write_unit(
+    path: Path, rows: list[dict[str, Any]], record: dict[str, Any] | None = None
+) -> None:
+    """Write a unit's caption rows atomically (this run's temporary name, fsync, rename, fsync
+    of the folder); `record` (`unit_record`) and its fingerprint go in the schema metadata."""
+    from shards.fingerprint import fingerprint
+    from shards.runlock import temp_path
+    from shards.writer import fsync_dir, fsync_file
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    pq.write_table(pa.Table.from_pylist(rows, schema=CAPTION_SCHEMA), tmp, compression="zstd")
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
+    tmp = temp_path(path)
+    schema = CAPTION_SCHEMA
+    if record is not None:
+        schema = schema.with_metadata(
+            {
+                **schema.metadata,
+                _MADE_FROM: json.dumps(record, sort_keys=True).encode(),
+                _FINGERPRINT: fingerprint(record).encode(),
+            }
+        )
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), tmp, compression="zstd")
+    fsync_file(tmp)
     os.replace(tmp, path)
+    fsync_dir(path.parent)
 
 
 def read_unit(path: Path) -> pa.Table:

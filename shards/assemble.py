@@ -10,22 +10,31 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import io
 import json
 import logging
 import re
-import warnings
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from recaption.clean import clean_caption
 from shards import schema as S
+from shards.fingerprint import (
+    FingerprintMismatch,
+    check_mark,
+    fingerprint,
+    input_identity,
+    made_from,
+    shard_files_identity,
+)
 from shards.inputs import InputError, InputSample, load_image_bytes
+from shards.limits import ImageLimitError, open_image
 from shards.readers import read_input
+from shards.runlock import lock_output, remove_stale_temps, unlock_output
 from shards.shard_reader import read_shard_table
 from shards.split import ENGINES, split_caption
+from shards.tar_reader import _iter_groups
 from shards.text_rules import break_at_artefacts
 from shards.tokens import count_tokens
 from shards.writer import FORMATS, ShardWriter
@@ -33,6 +42,8 @@ from shards.writer import FORMATS, ShardWriter
 log = logging.getLogger(__name__)
 
 _UNSAFE_KEY = re.compile(r"[^\w\-]")
+# AssembleConfig fields that do not change the output (left out of the fingerprint).
+_NOT_OUTPUT = {"batch_size"}
 
 
 @dataclass
@@ -67,6 +78,10 @@ class AssembleConfig:
             extra_abbreviations=frozenset(self.extra_abbreviations),
             extra_titles=frozenset(self.extra_titles),
         )
+
+    def output_fields(self) -> dict[str, Any]:
+        """The fields that change what is written (not batch_size): a shard's fingerprint."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in _NOT_OUTPUT}
 
     def validate(self, where: str = "assemble config") -> None:
         if self.shard_size < 1:
@@ -115,18 +130,15 @@ def clean_text(text: str) -> str:
 
 
 def check_image(data: bytes, verify: bool = True) -> tuple[int, int, str]:
-    """(width, height, format) of an encoded image; raises on a corrupt or truncated one."""
-    from PIL import Image
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        with Image.open(io.BytesIO(data)) as im:
-            width, height, fmt = im.size[0], im.size[1], (im.format or "").lower()
-            if verify:
-                if fmt == "jpeg":
-                    # Decoding at 1/8 scale still reads every entropy-coded byte.
-                    im.draft("RGB", (max(1, width // 8), max(1, height // 8)))
-                im.load()
+    """(width, height, format) of an encoded image; raises on a corrupt or truncated one, and
+    `shards.limits.ImageLimitError` (from the header, before decoding) over the caps."""
+    with open_image(data) as im:
+        width, height, fmt = im.size[0], im.size[1], (im.format or "").lower()
+        if verify:
+            if fmt == "jpeg":
+                # Decoding at 1/8 scale still reads every entropy-coded byte.
+                im.draft("RGB", (max(1, width // 8), max(1, height // 8)))
+            im.load()
     return width, height, fmt
 
 
@@ -152,6 +164,8 @@ def _to_sample(inp: InputSample, cfg: AssembleConfig) -> S.Sample:
         return _fail(sample, S.FAIL_IMAGE_MISSING, missing)
     try:
         sample.width, sample.height, fmt = check_image(data, cfg.verify_images)
+    except ImageLimitError as exc:
+        return _fail(sample, S.FAIL_IMAGE_LIMIT, f"{inp.origin}: {exc}")
     except Exception as exc:  # PIL raises many types for bad bytes
         return _fail(sample, S.FAIL_IMAGE_DECODE, f"{inp.origin}: {type(exc).__name__}: {exc}")
     sample.image, sample.image_format = data, fmt or inp.image_format
@@ -265,6 +279,24 @@ def completed_shards(out_dir: Path) -> list[dict[str, Any]]:
     return done
 
 
+def _remove_shard(out: Path, stats: dict[str, Any]) -> None:
+    """Delete a finished shard, its completion mark first (a kill midway leaves no mark)."""
+    (out / f"{stats['shard']}_stats.json").unlink(missing_ok=True)
+    for name in stats.get("files", []):
+        (out / name).unlink(missing_ok=True)
+
+
+def _keys_of(out: Path, stats: dict[str, Any]) -> list[str]:
+    """Every key of a finished shard: its Parquet's, or a tar-only shard's ok keys from the tar
+    plus the failed keys its stats record (failed samples are not in the tar)."""
+    files = stats.get("files")
+    if files is None or f"{stats['shard']}.parquet" in files:
+        return read_shard_table(out / f"{stats['shard']}.parquet", ["key"])["key"].to_pylist()
+    keys = list(stats.get("failed_keys", []))
+    keys += [key for key, _members, _refused in _iter_groups(out / f"{stats['shard']}.tar")]
+    return keys
+
+
 def _batches(items: Iterable[InputSample], size: int) -> Iterator[list[InputSample]]:
     batch: list[InputSample] = []
     for item in items:
@@ -277,27 +309,53 @@ def _batches(items: Iterable[InputSample], size: int) -> Iterator[list[InputSamp
 
 
 def assemble(
-    input_path: str | Path, out_dir: str | Path, cfg: AssembleConfig | None = None
+    input_path: str | Path,
+    out_dir: str | Path,
+    cfg: AssembleConfig | None = None,
+    force_rebuild: bool = False,
 ) -> AssembleResult:
-    """Build output shards from any input `read_input` accepts; resumes a killed run."""
+    """Build output shards from any input `read_input` accepts; resumes a killed run.
+
+    Holds the output folder's lock (`shards.runlock`) for the whole run. Finished shards made
+    from another config or input stop the run (`FingerprintMismatch`) unless `force_rebuild`,
+    which deletes them first."""
     cfg = cfg or AssembleConfig()
     cfg.validate()
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    for tmp in out.glob("*.tmp"):
-        tmp.unlink()
+    lock_output(out, "longcap shards")
+    try:
+        return _assemble(input_path, out, cfg, force_rebuild)
+    finally:
+        unlock_output(out)
+
+
+def _assemble(
+    input_path: str | Path, out: Path, cfg: AssembleConfig, force_rebuild: bool
+) -> AssembleResult:
+    remove_stale_temps(out)
     done = completed_shards(out)
     source_id = str(Path(input_path).resolve())
-    for stats in done:
-        if stats.get("input") != source_id:
-            raise InputError(
-                f"{out}: holds shards built from {stats.get('input')}, not {source_id}; "
-                "use another --out folder"
-            )
+    record = made_from(cfg.output_fields(), input_identity(input_path))
+    try:
+        for stats in done:
+            if stats.get("input") != source_id:
+                raise FingerprintMismatch(
+                    f"{out}: holds shards built from {stats.get('input')}, not {source_id}; "
+                    "use another --out folder, or --force-rebuild to replace them"
+                )
+            check_mark(stats, record, out / f"{stats['shard']}_stats.json")
+    except FingerprintMismatch:
+        if not force_rebuild:
+            raise
+        for stats in reversed(done):
+            _remove_shard(out, stats)
+        done = []
     skip = done[-1]["input_end"] if done else 0
     seen: set[str] = set()
     for stats in done:
-        seen.update(read_shard_table(out / f"{stats['shard']}.parquet", ["key"])["key"].to_pylist())
+        seen.update(_keys_of(out, stats))
+    tar_only = "parquet" not in cfg.formats
+    mark = {"made_from": record, "fingerprint": fingerprint(record)}
     writer = ShardWriter(
         out,
         max_samples=cfg.shard_size,
@@ -305,6 +363,7 @@ def assemble(
         formats=cfg.formats,
         parquet_images=cfg.parquet_images,
         start_index=len(done),
+        record_failed_keys=tar_only,
     )
     position = 0  # input rows consumed, counting the skipped ones
     shard_start = skip
@@ -333,9 +392,11 @@ def assemble(
                 n_ok += sample.ok
                 if writer.shard_full():
                     end = skip + n_in
-                    writer.close_shard(input=source_id, input_start=shard_start, input_end=end)
+                    writer.close_shard(
+                        input=source_id, input_start=shard_start, input_end=end, **mark
+                    )
                     shard_start = end
-        writer.close_shard(input=source_id, input_start=shard_start, input_end=skip + n_in)
+        writer.close_shard(input=source_id, input_start=shard_start, input_end=skip + n_in, **mark)
     except BaseException:
         writer.abort()
         raise
@@ -346,22 +407,50 @@ def assemble(
     return AssembleResult(out, written, len(done), n_in, n_ok, n_in - n_ok)
 
 
+def finished_shard(
+    input_dir: str | Path,
+    name: str,
+    out_dir: str | Path,
+    cfg: AssembleConfig,
+    force_rebuild: bool = False,
+) -> dict[str, Any] | None:
+    """The stats of output shard `name` when it is finished and was made from this config and
+    input shard; None when it is not there. One made from another raises FingerprintMismatch,
+    or with `force_rebuild` is deleted (None)."""
+    stats_path = Path(out_dir) / f"{name}_stats.json"
+    if not stats_path.exists():
+        return None
+    stats = json.loads(stats_path.read_text())
+    record = made_from(cfg.output_fields(), shard_files_identity(input_dir, name))
+    try:
+        check_mark(stats, record, stats_path)
+        return stats
+    except FingerprintMismatch:
+        if not force_rebuild:
+            raise
+        _remove_shard(Path(out_dir), stats)
+        return None
+
+
 def assemble_shard(
     input_dir: str | Path,
     name: str,
     out_dir: str | Path,
     cfg: AssembleConfig | None = None,
+    force_rebuild: bool = False,
 ) -> dict[str, Any]:
     """Assemble one input shard into the output shard of the same name (the build's unit).
 
-    Finished when its stats file exists, which a rerun checks first; keys are unique within the
-    shard (input shards from img2dataset never share keys)."""
+    Finished when its stats file exists and records this config and input shard (else
+    `FingerprintMismatch`, or a rebuild with `force_rebuild`); keys are unique within the shard
+    (input shards from img2dataset never share keys). The caller holds the output's lock."""
     cfg = cfg or AssembleConfig()
     cfg.validate()
     out = Path(out_dir)
-    stats_path = out / f"{name}_stats.json"
-    if stats_path.exists():
-        return json.loads(stats_path.read_text())
+    record = made_from(cfg.output_fields(), shard_files_identity(input_dir, name))
+    stats = finished_shard(input_dir, name, out, cfg, force_rebuild)
+    if stats is not None:
+        return stats
     out.mkdir(parents=True, exist_ok=True)
     join = None
     if cfg.captions:
@@ -377,6 +466,7 @@ def assemble_shard(
         formats=cfg.formats,
         parquet_images=cfg.parquet_images,
         start_index=int(name),
+        record_failed_keys="parquet" not in cfg.formats,
     )
     seen: set[str] = set()
     n_in = 0
@@ -391,7 +481,13 @@ def assemble_shard(
                 n_in += 1
         if writer.current is None:
             writer.write_empty()
-        stats = writer.close_shard(input=str(Path(input_dir) / name), input_start=0, input_end=n_in)
+        stats = writer.close_shard(
+            input=str(Path(input_dir) / name),
+            input_start=0,
+            input_end=n_in,
+            made_from=record,
+            fingerprint=fingerprint(record),
+        )
     except BaseException:
         writer.abort()
         raise

@@ -27,6 +27,9 @@ FAIL_CAPTION_EMPTY = "empty_caption"
 FAIL_CAPTION_ENCODING = "caption_not_utf8"
 FAIL_INPUT = "bad_input_row"
 FAIL_DUPLICATE_KEY = "duplicate_key"
+FAIL_IMAGE_LIMIT = "image_over_limits"  # shards.limits: pixel or aspect-ratio cap
+FAIL_TAR_MEMBER = "tar_member_refused"  # sparse, link, device or oversized tar member
+FAIL_KEY_UNSTORABLE = "key_not_storable"  # a key the tar writer cannot store
 
 # Status of one long caption (one model's text for one image).
 LONG_OK = "ok"

@@ -33,7 +33,7 @@ def read_shard_table(parquet: Path, columns: list[str] | None = None):
 
 def _tar_images(tar: Path) -> dict[str, tuple[bytes, str]]:
     images: dict[str, tuple[bytes, str]] = {}
-    for key, members in _iter_groups(tar):
+    for key, members, _refused in _iter_groups(tar):  # a refused image stays missing
         for ext, data in members.items():
             if ext in IMAGE_EXTS:
                 images[key.rsplit("/", 1)[-1]] = (data, ext)

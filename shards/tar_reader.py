@@ -3,6 +3,8 @@
 img2dataset leaves failed downloads out of the tar and records them in `NNNNN.parquet` with their
 status; a truncated tar (a killed copy, a full disk) still yields every whole sample before the
 cut. Both cases become failure rows, so that samples in = samples written + failures recorded.
+Tars come from strangers: a sparse member, a link, a device or a member over the size cap is
+refused without reading its data, and its sample becomes a failure row (`tar_member_refused`).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
+from shards import limits
 from shards import schema as S
 from shards.inputs import (
     RELEASED_LONG_COLUMNS,
@@ -100,26 +103,48 @@ def _group_to_sample(key: str, members: dict[str, bytes], origin: str, source: s
     return sample
 
 
-def _iter_groups(tar_path: Path) -> Iterator[tuple[str, dict[str, bytes]]]:
-    """Consecutive members with the same key, in tar order. Raises tarfile errors on truncation."""
+Member = tuple[tarfile.TarInfo, bytes | None, str | None]
+
+
+def iter_members(tar: tarfile.TarFile) -> Iterator[Member]:
+    """(member, data, None) for each regular member of a tar opened in stream mode, or
+    (member, None, why) for one refused unread by `shards.limits.tar_member_refusal` (sparse,
+    link, device, over the size cap). Directories are skipped. Raises tarfile.ReadError on a
+    member cut short (a truncated tar)."""
+    for info in tar:
+        if info.isdir():
+            continue
+        refusal = limits.tar_member_refusal(info)
+        if refusal is not None:
+            yield info, None, refusal
+            continue
+        f = tar.extractfile(info)
+        data = f.read(limits.MAX_MEMBER_BYTES + 1) if f is not None else b""
+        if len(data) != info.size:
+            raise tarfile.ReadError(f"unexpected end of data in member {info.name}")
+        yield info, data, None
+
+
+def _iter_groups(tar_path: Path) -> Iterator[tuple[str, dict[str, bytes], list[str]]]:
+    """(key, {ext: data}, refusals) for consecutive members with the same key, in tar order.
+    A refused member is named in `refusals` and its data never read. Raises tarfile errors on
+    truncation."""
     current: str | None = None
     members: dict[str, bytes] = {}
+    refused: list[str] = []
     with tarfile.open(tar_path, mode="r|*") as tar:
-        for info in tar:
-            if not info.isfile():
-                continue
+        for info, data, refusal in iter_members(tar):
             key, ext = _split_member(info.name)
-            f = tar.extractfile(info)
-            data = f.read() if f is not None else b""
-            if len(data) != info.size:
-                raise tarfile.ReadError(f"unexpected end of data in member {info.name}")
             if key != current and current is not None:
-                yield current, members
-                members = {}
+                yield current, members, refused
+                members, refused = {}, []
             current = key
-            members[ext] = data
+            if refusal is not None:
+                refused.append(f"{info.name}: {refusal}")
+            else:
+                members[ext] = data
     if current is not None:
-        yield current, members
+        yield current, members, refused
 
 
 def iter_tar_samples(tar: Path | None, parquet: Path | None, source: str) -> Iterator:
@@ -129,8 +154,12 @@ def iter_tar_samples(tar: Path | None, parquet: Path | None, source: str) -> Ite
     truncated: str | None = None
     if tar is not None:
         try:
-            for key, members in _iter_groups(tar):
+            for key, members, refused in _iter_groups(tar):
                 sample = _group_to_sample(key, members, f"{tar}:{key}", source)
+                if refused:
+                    sample.image = None
+                    sample.status = S.FAIL_TAR_MEMBER
+                    sample.error = f"{tar}: refused unread: {'; '.join(refused)}"
                 row = sidecar.get(sample.key)
                 if row is not None:
                     _fill_from_record(sample, row)

@@ -1,9 +1,13 @@
 """Writers of output shards: `NNNNN.parquet` and `NNNNN.tar` side by side, plus `NNNNN_stats.json`.
 
-Each file is written under a temporary name and renamed when complete; the stats file is renamed
-last and is the shard's completion mark, so a reader (or a resumed run) never sees half a shard.
+Each file is written under this run's temporary name (`shards.runlock.temp_path`), fsynced, and
+renamed when complete; the folder is fsynced after the renames, and only then is the stats file
+written (fsynced, renamed, folder fsynced again): it is the shard's completion mark, so neither a
+reader, a resumed run nor a power cut ever sees a mark without the whole shard behind it.
 Shards rotate by sample count and by bytes. The tar is a webdataset shard as open_clip reads it:
 `KEY.<ext>` image, `KEY.txt` raw caption, `KEY.json` everything else; only "ok" samples go in it.
+The tar is POSIX pax: a key too long for a ustar header (~95 characters with its extension) or
+not ASCII is stored exactly in a pax header, and tarfile, webdataset and GNU tar read it back.
 The Parquet file holds every sample, failed ones with their status and error.
 """
 
@@ -19,10 +23,13 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from shards import schema as S
+from shards.runlock import temp_path
 from shards.schema import Sample, output_schema
 from shards.stats import ShardStats
 
 FORMATS = ("parquet", "tar")
+TAR_FORMAT = tarfile.PAX_FORMAT
 _EXT = {"jpeg": "jpg", "jpg": "jpg", "png": "png", "webp": "webp", "gif": "gif", "bmp": "bmp"}
 
 
@@ -30,28 +37,72 @@ def shard_name(index: int) -> str:
     return f"{index:05d}"
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
+def fsync_file(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def fsync_dir(path: Path) -> None:
+    """Make the renames in a folder durable (a rename is only in the folder's own data)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write, fsync, rename, fsync the folder: after return the file survives a power cut."""
+    tmp = temp_path(path)
     with open(tmp, "wb") as f:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+    fsync_dir(path.parent)
 
 
-def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+def _member(name: str, size: int) -> tarfile.TarInfo:
     info = tarfile.TarInfo(name)
-    info.size = len(data)
+    info.size = size
     info.mtime = 0  # same input, same bytes
     info.mode = 0o444
-    tar.addfile(info, io.BytesIO(data))
+    return info
+
+
+def _tar_members(sample: Sample) -> list[tuple[tarfile.TarInfo, bytes]]:
+    """The members of an ok sample, headers built (and so checked) before any is written: a key
+    the tar cannot hold fails here, for this sample only."""
+    ext = _EXT.get((sample.image_format or "jpg").lower(), "jpg")
+    parts = []
+    if sample.image is not None:
+        parts.append((f"{sample.key}.{ext}", sample.image))
+    parts.append((f"{sample.key}.txt", (sample.caption or "").encode("utf-8")))
+    meta = json.dumps(sample.metadata(), ensure_ascii=False, sort_keys=True)
+    parts.append((f"{sample.key}.json", meta.encode("utf-8")))
+    members = []
+    for name, data in parts:
+        info = _member(name, len(data))
+        info.tobuf(TAR_FORMAT, "utf-8", "strict")  # raises for what no header can hold
+        members.append((info, data))
+    return members
 
 
 class _OpenShard:
     """The files of one shard while it is being written."""
 
-    def __init__(self, out_dir: Path, index: int, formats: tuple[str, ...], images: bool):
+    def __init__(
+        self,
+        out_dir: Path,
+        index: int,
+        formats: tuple[str, ...],
+        images: bool,
+        record_failed_keys: bool = False,
+    ):
         self.index = index
+        # A tar-only shard does not hold its failed samples; their keys, kept in the stats, let a
+        # resumed run refuse a later duplicate of them exactly as an uninterrupted run does.
+        self.failed_keys: list[str] | None = [] if record_failed_keys else None
         self.base = out_dir / shard_name(index)
         self.stats = ShardStats()
         self.rows: list[dict[str, Any]] = []
@@ -61,25 +112,33 @@ class _OpenShard:
         self.parquet: pq.ParquetWriter | None = None
         self.tar: tarfile.TarFile | None = None
         if "parquet" in formats:
-            self.parquet_tmp = self.base.with_name(self.base.name + ".parquet.tmp")
+            self.parquet_tmp = temp_path(self.base.with_suffix(".parquet"))
             self.parquet = pq.ParquetWriter(self.parquet_tmp, self.schema, compression="zstd")
         if "tar" in formats:
-            self.tar_tmp = self.base.with_name(self.base.name + ".tar.tmp")
-            self.tar = tarfile.open(self.tar_tmp, "w", format=tarfile.USTAR_FORMAT)
+            self.tar_tmp = temp_path(self.base.with_suffix(".tar"))
+            self.tar = tarfile.open(self.tar_tmp, "w", format=TAR_FORMAT, encoding="utf-8")
 
     def write(self, sample: Sample, row_group_size: int) -> None:
+        members = []
+        if self.tar is not None and sample.ok:
+            try:
+                members = _tar_members(sample)
+            except (ValueError, UnicodeError) as exc:
+                # One row never sinks a shard: it becomes a failure row, the shard goes on.
+                sample.status = S.FAIL_KEY_UNSTORABLE
+                sample.error = f"key {sample.key!r}: the tar cannot store it ({exc})"
+                # Escaped, so that the Parquet row can hold the key whatever it was.
+                sample.key = sample.key.encode("utf-8", "backslashreplace").decode("utf-8")
+                sample.image, sample.long_captions, sample.short_captions = None, [], []
         self.stats.add(sample)
+        if self.failed_keys is not None and not sample.ok:
+            self.failed_keys.append(sample.key)
         if self.parquet is not None:
             self.rows.append(sample.to_row(with_image=self.images))
             if len(self.rows) >= row_group_size:
                 self._flush_rows()
-        if self.tar is not None and sample.ok:
-            ext = _EXT.get((sample.image_format or "jpg").lower(), "jpg")
-            if sample.image is not None:
-                _add_member(self.tar, f"{sample.key}.{ext}", sample.image)
-            _add_member(self.tar, f"{sample.key}.txt", (sample.caption or "").encode("utf-8"))
-            meta = json.dumps(sample.metadata(), ensure_ascii=False, sort_keys=True)
-            _add_member(self.tar, f"{sample.key}.json", meta.encode("utf-8"))
+        for info, data in members:
+            self.tar.addfile(info, io.BytesIO(data))
         self.bytes += len(sample.image or b"") * (1 + (self.images and self.parquet is not None))
 
     def _flush_rows(self) -> None:
@@ -94,15 +153,21 @@ class _OpenShard:
             if self.stats.count == 0:
                 self.parquet.write_table(self.schema.empty_table())
             self.parquet.close()
+            fsync_file(self.parquet_tmp)
             os.replace(self.parquet_tmp, self.base.with_suffix(".parquet"))
             files.append(self.base.name + ".parquet")
         if self.tar is not None:
             self.tar.close()
+            fsync_file(self.tar_tmp)
             os.replace(self.tar_tmp, self.base.with_suffix(".tar"))
             files.append(self.base.name + ".tar")
+        # The data files' renames are durable before the mark that says they are complete.
+        fsync_dir(self.base.parent)
         stats = {"shard": self.base.name, "files": files, **extra_stats, **self.stats.to_json()}
+        if self.failed_keys is not None:
+            stats["failed_keys"] = self.failed_keys
         path = self.base.with_name(self.base.name + "_stats.json")
-        _atomic_write_bytes(path, json.dumps(stats, indent=1).encode("utf-8"))
+        atomic_write_bytes(path, json.dumps(stats, indent=1).encode("utf-8"))
         return stats
 
     def abort(self) -> None:
@@ -118,8 +183,9 @@ class _OpenShard:
 class ShardWriter:
     """Writes samples into numbered shards, rotating by sample count and by image bytes.
 
-    `on_shard_done(stats)` is called after each shard is complete on disk. `extra_stats()` may
-    return fields recorded in the next shard's stats (e.g. the input rows it covers, for resume).
+    `close_shard(**fields)` records the fields in the shard's stats (the input rows it covers,
+    its fingerprint). `record_failed_keys` keeps the failed samples' keys in the stats (for a
+    tar-only shard, whose tar holds ok samples only).
     """
 
     def __init__(
@@ -132,6 +198,7 @@ class ShardWriter:
         parquet_images: bool = True,
         start_index: int = 0,
         row_group_size: int = 1000,
+        record_failed_keys: bool = False,
     ):
         unknown = set(formats) - set(FORMATS)
         if unknown or not formats:
@@ -146,13 +213,18 @@ class ShardWriter:
         self.parquet_images = parquet_images
         self.row_group_size = row_group_size
         self.next_index = start_index
+        self.record_failed_keys = record_failed_keys
         self.current: _OpenShard | None = None
         self.written: list[dict[str, Any]] = []
 
     def write(self, sample: Sample) -> None:
         if self.current is None:
             self.current = _OpenShard(
-                self.out_dir, self.next_index, self.formats, self.parquet_images
+                self.out_dir,
+                self.next_index,
+                self.formats,
+                self.parquet_images,
+                self.record_failed_keys,
             )
             self.next_index += 1
         self.current.write(sample, self.row_group_size)
@@ -161,7 +233,11 @@ class ShardWriter:
         """Open the next shard without a sample: an empty input shard still gets its files."""
         if self.current is None:
             self.current = _OpenShard(
-                self.out_dir, self.next_index, self.formats, self.parquet_images
+                self.out_dir,
+                self.next_index,
+                self.formats,
+                self.parquet_images,
+                self.record_failed_keys,
             )
             self.next_index += 1
 

@@ -21,7 +21,6 @@ train_hooks/sampling.training_texts).
 
 from __future__ import annotations
 
-import io
 import itertools
 import json
 import random
@@ -35,6 +34,7 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
+from shards.limits import ImageLimitError
 from train_hooks.sampling import (
     ACROSS_MODELS,
     FILL,
@@ -128,10 +128,16 @@ def read_tar(path: Path, label_field: str | None = None) -> Iterator[dict[str, A
             raise ValueError(f"{path}: sample {key!r} has no image member")
         return _record(meta, img, label_field)
 
+    from shards.tar_reader import iter_members
+
     with tarfile.open(path, "r|*") as tf:
-        for member in tf:
-            if not member.isfile():
-                continue
+        for member, data, refusal in iter_members(tf):
+            if refusal is not None:
+                # Shards made by `longcap shards` never hold such a member: this tar is foreign.
+                raise ValueError(
+                    f"{path}: {member.name}: {refusal}; refused unread (rebuild the shard with "
+                    "`longcap shards`, which records such members as failure rows)"
+                )
             base = member.name.rsplit("/", 1)[-1]
             k, _, ext = base.partition(".")
             k = member.name[: len(member.name) - len(base)] + k
@@ -139,7 +145,7 @@ def read_tar(path: Path, label_field: str | None = None) -> Iterator[dict[str, A
                 yield emit()
                 parts = {}
             key = k
-            parts[ext.lower()] = tf.extractfile(member).read()
+            parts[ext.lower()] = data
         if parts:
             yield emit()
 
@@ -178,10 +184,14 @@ def read_shard(shard: Shard, fmt: str = "auto", label_field: str | None = None):
 
 
 def image_to_tensor(data: bytes, size: int, mean, std) -> torch.Tensor:
-    """Decode, resize the short side to `size` (bicubic), center-crop, normalise: [3, S, S]."""
+    """Decode, resize the short side to `size` (bicubic), center-crop, normalise: [3, S, S].
+    Raises `shards.limits.ImageLimitError` from the header, before decoding, over the caps."""
     from PIL import Image
 
-    img = Image.open(io.BytesIO(data)).convert("RGB")
+    from shards.limits import open_image
+
+    with open_image(data) as im:
+        img = im.convert("RGB")
     w, h = img.size
     s = size / min(w, h)
     nw, nh = max(size, round(w * s)), max(size, round(h * s))
@@ -290,11 +300,11 @@ class ShardStream(IterableDataset):
         shorts = short_texts(
             rec["caption"], rec.get("short_captions"), c.mllm_short_texts, rng, c.models
         )
-        return (
-            image_to_tensor(rec["image"], c.image_size, c.image_mean, c.image_std),
-            shorts,
-            longs,
-        )
+        try:
+            pixels = image_to_tensor(rec["image"], c.image_size, c.image_mean, c.image_std)
+        except ImageLimitError as exc:
+            raise ImageLimitError(f"sample {rec['key']!r}: {exc}") from None
+        return pixels, shorts, longs
 
     def _stack(self, texts_per_sample: list[list[Any]]) -> tuple[torch.Tensor, torch.Tensor]:
         """[N, B, L] ids and mask from N texts per sample (text-major, as the model reads)."""

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from shards.runlock import lock_output
 from train_hooks.checkpoints import (
     checkpoint_dir,
     load_latest_loadable,
@@ -453,8 +454,10 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
     import torch.distributed as dist
 
     validate_train_config(cfg)
+    if int(os.environ.get("RANK", "0")) == 0:  # one lock per run folder, held by rank 0
+        lock_output(cfg.out, "longcap train")
     # Before setup: every rank checks before any rank can pass the process-group rendezvous
-    # and write into the folder.
+    # and write into the folder (the lock file, a dotfile, does not count).
     prepare_run_folder(cfg.out, resume, overwrite, int(os.environ.get("RANK", "0")) == 0)
     run = setup(cfg)
     resume_run(run, resume)

@@ -161,7 +161,8 @@ def _fingerprint(out: Path) -> dict[str, tuple[int, int, str]]:
     files = [
         *(out / "ingest" / "shards").iterdir(),
         *(out / "recaption" / "captions").glob("*/*.parquet"),
-        *(p for p in (out / "shards").rglob("*") if p.is_file()),
+        # (not the run lock: each run records itself in it, shards.runlock)
+        *(p for p in (out / "shards").rglob("*") if p.is_file() and p.name != ".longcap.lock"),
     ]
     result = {}
     for p in sorted(files):

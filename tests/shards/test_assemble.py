@@ -18,7 +18,8 @@ def _table(out):
 
 
 def _shard_files(out):
-    return sorted(p.name for p in out.iterdir())
+    """The shard files of a folder (not the run lock, `.longcap.lock`)."""
+    return sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
 
 
 def test_contents_of_a_built_shard(built_shards):
