@@ -9,6 +9,7 @@ file with the wrong schema) raises `InputError`, naming the file and what is wro
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -38,9 +39,20 @@ def _first(columns: list[str] | set[str], names: tuple[str, ...]) -> str | None:
 
 
 def sample_from_record(
-    rec: dict[str, Any], *, index: int, origin: str, base_dir: Path, source: str
+    rec: dict[str, Any],
+    *,
+    index: int,
+    origin: str,
+    base_dir: Path,
+    source: str,
+    allow_outside: bool = False,
 ) -> InputSample:
-    """Turn one manifest record (any accepted column naming) into an InputSample."""
+    """Turn one manifest record (any accepted column naming) into an InputSample.
+
+    An image path must lie inside `base_dir` (the manifest's folder) once `..` and symbolic
+    links are resolved, unless `allow_outside`; one that does not is a `path_outside_root`
+    failure, decided from the text and links alone: the file is never opened, and the error
+    is the same whether it exists or not."""
     cols = set(rec)
     key_col = _first(cols, KEY_COLUMNS)
     key = as_text(rec.get(key_col)) if key_col else None
@@ -72,10 +84,26 @@ def sample_from_record(
         path = Path(path_text)
         sample.image_path = path if path.is_absolute() else base_dir / path
         sample.image_format = path.suffix.lstrip(".").lower() or None
+        if not allow_outside and not _inside(sample.image_path, base_dir):
+            sample.image_path = None
+            if sample.status == S.STATUS_OK:
+                sample.status = S.FAIL_PATH_OUTSIDE
+                sample.error = (
+                    f"{origin}: image path {path_text!r} is outside the manifest's folder; "
+                    "pass --allow-paths-outside to read it"
+                )
     elif sample.status == S.STATUS_OK:
         sample.status = S.FAIL_IMAGE_MISSING
         sample.error = f"{origin}: no image path in column {img_col or IMAGE_COLUMNS[0]!r}"
     return sample
+
+
+def _inside(path: Path, root: Path) -> bool:
+    """Whether `path` resolves (.., symbolic links) to a place under `root` (resolved)."""
+    try:
+        return Path(os.path.realpath(path)).is_relative_to(root)
+    except (OSError, ValueError):  # a NUL byte, a link loop: not a path to read
+        return False
 
 
 def _check_columns(columns: list[str], path: Path) -> None:
@@ -92,8 +120,9 @@ def _check_columns(columns: list[str], path: Path) -> None:
         )
 
 
-def read_jsonl(path: Path) -> Iterator[InputSample]:
+def read_jsonl(path: Path, allow_outside: bool = False) -> Iterator[InputSample]:
     source = path.stem
+    root = Path(os.path.realpath(path.parent))
     columns_checked = False
     with open(path, "rb") as f:
         for lineno, raw in enumerate(f, start=1):
@@ -117,13 +146,19 @@ def read_jsonl(path: Path) -> Iterator[InputSample]:
                 _check_columns(list(rec), path)
                 columns_checked = True
             yield sample_from_record(
-                rec, index=lineno - 1, origin=origin, base_dir=path.parent, source=source
+                rec,
+                index=lineno - 1,
+                origin=origin,
+                base_dir=root,
+                source=source,
+                allow_outside=allow_outside,
             )
 
 
-def read_table_manifest(path: Path) -> Iterator[InputSample]:
+def read_table_manifest(path: Path, allow_outside: bool = False) -> Iterator[InputSample]:
     """CSV, TSV or Parquet manifest, read in batches so a large file never sits in memory."""
     source = path.stem
+    root = Path(os.path.realpath(path.parent))
     if path.suffix == ".parquet":
         try:
             pf = pq.ParquetFile(path)
@@ -166,7 +201,12 @@ def read_table_manifest(path: Path) -> Iterator[InputSample]:
             # Line numbers count the header line, as an editor shows them.
             origin = f"{path}:{index + 2}" if path.suffix != ".parquet" else f"{path}:row {index}"
             yield sample_from_record(
-                rec, index=index, origin=origin, base_dir=path.parent, source=source
+                rec,
+                index=index,
+                origin=origin,
+                base_dir=root,
+                source=source,
+                allow_outside=allow_outside,
             )
             index += 1
 
@@ -225,8 +265,10 @@ def read_shard_folder(root: Path) -> Iterator[InputSample]:
         yield from read_shard(root, name)
 
 
-def read_input(path: str | Path) -> Iterator[InputSample]:
-    """Open whatever the user pointed at: a manifest file or a folder of shards or images."""
+def read_input(path: str | Path, allow_paths_outside: bool = False) -> Iterator[InputSample]:
+    """Open whatever the user pointed at: a manifest file or a folder of shards or images.
+
+    A manifest's image paths must lie inside its folder unless `allow_paths_outside`."""
     p = Path(path)
     if not p.exists():
         raise InputError(f"{p}: no such file or folder")
@@ -236,9 +278,9 @@ def read_input(path: str | Path) -> Iterator[InputSample]:
         return read_image_folder(p)
     suffix = p.suffix.lower()
     if suffix in (".jsonl", ".json"):
-        return read_jsonl(p)
+        return read_jsonl(p, allow_paths_outside)
     if suffix in (".csv", ".tsv", ".tab", ".parquet"):
-        return read_table_manifest(p)
+        return read_table_manifest(p, allow_paths_outside)
     raise InputError(
         f"{p}: unknown manifest type {suffix!r}; use .jsonl, .csv, .tsv or .parquet, or a folder"
     )

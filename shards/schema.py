@@ -28,7 +28,6 @@ FAIL_CAPTION_ENCODING = "caption_not_utf8"
 FAIL_INPUT = "bad_input_row"
 FAIL_DUPLICATE_KEY = "duplicate_key"
 FAIL_PATH_OUTSIDE = "path_outside_root"  # a manifest's image path outside the manifest's folder
-FAIL_IMAGE_FILE = "image_not_a_file"  # a manifest's image path is a device, fifo, or too large
 FAIL_URL_NOT_UTF8 = "url_not_utf8"
 # A URL the ingest policy does not fetch (pipeline/url_policy.py): the status is the prefix and
 # one word, e.g. url_refused:scheme, url_refused:address, url_refused:size, url_refused:deadline.
