@@ -26,7 +26,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.url_policy import UrlPolicy, UrlRefused, precheck_url, refusal_status
+from pipeline.url_policy import POLICY_ENV, UrlPolicy, UrlRefused, precheck_url, refusal_status
 from shards.inputs import as_text
 from shards.schema import FAIL_URL_NOT_UTF8
 
@@ -259,8 +259,6 @@ def _write_atomic(path: Path, rows: list[dict[str, Any]], columns: list[str]) ->
 def start_ingest(cfg: IngestConfig, work: Path, extra_columns: list[str]) -> subprocess.Popen:
     """img2dataset in a child process, resuming (incremental mode) into work/shards, with its
     fetch replaced by the URL policy's (`pipeline.safe_download`)."""
-    from pipeline.safe_download import POLICY_ENV
-
     cmd = [
         sys.executable, "-m", "pipeline.safe_download", "--",
         "--url_list", str(work / "urls.parquet"), "--input_format", "parquet",

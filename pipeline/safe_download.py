@@ -16,17 +16,18 @@ in that worker too. The policy travels in the environment (`LONGCAP_URL_POLICY`)
 
 from __future__ import annotations
 
+import importlib
 import io
 import json
 import os
 import sys
 
-import img2dataset.downloader as _dl
-import img2dataset.main as _main
+from pipeline.url_policy import POLICY_ENV, UrlPolicy, fetch
 
-from pipeline.url_policy import UrlPolicy, fetch
+# By module, not attribute: the package's `main` attribute is the function of that name.
+_dl = importlib.import_module("img2dataset.downloader")
+_main = importlib.import_module("img2dataset.main")
 
-POLICY_ENV = "LONGCAP_URL_POLICY"
 _USER_AGENT = "Mozilla/5.0 (X11; Ubuntu; Linux x86_64; rv:72.0) Gecko/20100101 Firefox/72.0"
 
 

@@ -26,6 +26,7 @@ from urllib.parse import urljoin, urlsplit
 from shards.schema import URL_REFUSED_PREFIX
 
 ALLOWED_SCHEMES = ("http", "https")
+POLICY_ENV = "LONGCAP_URL_POLICY"  # the policy as JSON, for img2dataset's child processes
 MAX_REDIRECTS = 10  # as urllib's HTTPRedirectHandler
 REDIRECT_CODES = (301, 302, 303, 307, 308)
 _CHUNK = 1 << 16
