@@ -37,6 +37,8 @@ def write_build_config(path: Path, url_list: Path, output: Path, models: dict[st
             "image_size": 128,
             "number_sample_per_shard": 100,
             "threads": 8,
+            # The demo's server is on 127.0.0.1, which the URL policy refuses unless listed.
+            "allowed_networks": ["127.0.0.1/32"],
         },
         "models": [
             {

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pyarrow as pa
@@ -198,20 +200,24 @@ def test_longcap_build_refuses_before_connecting(tmp_path):
         urls = tmp_path / "urls.csv"
         urls.write_bytes(b"\n".join(lines) + b"\n")
         cfg = _build_yaml(tmp_path, urls, allowed_networks=LOOPBACK)
+        ray_tmp = tempfile.mkdtemp(prefix="lcray", dir="/tmp")  # short: Ray's socket paths
         env = {
             **os.environ,
-            "RAY_TMPDIR": str(tmp_path / "ray"),
+            "RAY_TMPDIR": ray_tmp,
             "RAY_USAGE_STATS_ENABLED": "0",
             "RAY_AUTH_MODE": "disabled",
         }
-        r = subprocess.run(
-            [sys.executable, "-m", "pipeline.cli", "build", "--config", str(cfg)],
-            cwd=REPO,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
+        try:
+            r = subprocess.run(
+                [sys.executable, "-m", "pipeline.cli", "build", "--config", str(cfg)],
+                cwd=REPO,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=600,
+            )
+        finally:
+            shutil.rmtree(ray_tmp, ignore_errors=True)
         assert target.count == 0
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     out = tmp_path / "out" / "shards"
