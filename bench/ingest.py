@@ -1,6 +1,6 @@
-"""Benchmark: what the ingest URL policy costs (issue 10), against the unchecked path.
+"""Benchmark: what the ingest checks of issue 10 cost, against the unchecked path.
 
-Two measurements, each against its baseline in this one process:
+Three measurements, each against its baseline in this one process:
 
 1. the list check: `prepare_url_list` on a generated CSV URL list (mostly good URLs with host
    names, some refused ones: file:, ftp:, literal private and loopback addresses), with the
@@ -10,10 +10,14 @@ Two measurements, each against its baseline in this one process:
    deadline timer) against `urllib.request.urlopen` (what img2dataset calls), both getting the
    same small image from an HTTP server on 127.0.0.1, one request at a time.
 
+3. the manifest path check: `read_input` on a JSONL manifest with each image path resolved and
+   checked against the manifest's folder, against `allow_paths_outside=True` (no check).
+
 Nothing leaves the machine: names in the list are only parsed, never resolved; the fetch goes
 to 127.0.0.1 only.
 
-Run: .venv/bin/python bench/ingest.py [--rows 200000] [--fetches 500] [--repeat 3]
+Run: .venv/bin/python bench/ingest.py [--rows 200000] [--fetches 500] [--manifest-rows 100000]
+     [--repeat 3]
 """
 
 from __future__ import annotations
@@ -130,10 +134,41 @@ def bench_fetch(n: int, repeat: int) -> None:
         print(f"  {name}: {n / t:,.0f} requests/s ({t / n * 1e3:.2f} ms each), {t / base_t:.2f}x")
 
 
+def bench_manifest(rows: int, repeat: int) -> None:
+    """Reading a JSONL manifest with the path check (each image path resolved and kept inside
+    the manifest's folder) against `allow_paths_outside=True` (no check, as before issue 10)."""
+    import json
+
+    from shards.readers import read_input
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        (root / "img" / "a").mkdir(parents=True)
+        for i in range(1000):
+            (root / "img" / "a" / f"{i:06d}.jpg").write_bytes(b"")
+        with open(root / "m.jsonl", "w") as f:
+            for i in range(rows):
+                rec = {"key": f"k{i}", "image_path": f"img/a/{i % 1000:06d}.jpg", "caption": "c."}
+                f.write(json.dumps(rec) + "\n")
+        results = {}
+        for name, allow in (("unchecked", True), ("checked", False)):
+            best = float("inf")
+            for _ in range(repeat):
+                t0 = time.perf_counter()
+                n = sum(1 for _ in read_input(root / "m.jsonl", allow_paths_outside=allow))
+                best = min(best, time.perf_counter() - t0)
+            assert n == rows
+            results[name] = best
+    print(f"manifest read, {rows:,} rows (best of {repeat}):")
+    for name, t in results.items():
+        print(f"  paths {name}: {rows / t:,.0f} rows/s, {t / results['unchecked']:.2f}x")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=200_000)
     parser.add_argument("--fetches", type=int, default=500)
+    parser.add_argument("--manifest-rows", type=int, default=100_000)
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
     if hasattr(os, "sched_setaffinity"):
@@ -141,6 +176,7 @@ def main() -> None:
     print(f"{platform.machine()}, Python {platform.python_version()}, pinned to one core")
     bench_list(args.rows, args.repeat)
     bench_fetch(args.fetches, args.repeat)
+    bench_manifest(args.manifest_rows, args.repeat)
 
 
 if __name__ == "__main__":

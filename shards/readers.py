@@ -46,6 +46,7 @@ def sample_from_record(
     base_dir: Path,
     source: str,
     allow_outside: bool = False,
+    guard: RootGuard | None = None,
 ) -> InputSample:
     """Turn one manifest record (any accepted column naming) into an InputSample.
 
@@ -84,7 +85,7 @@ def sample_from_record(
         path = Path(path_text)
         sample.image_path = path if path.is_absolute() else base_dir / path
         sample.image_format = path.suffix.lstrip(".").lower() or None
-        if not allow_outside and not _inside(sample.image_path, base_dir):
+        if not allow_outside and not (guard or RootGuard(base_dir))(sample.image_path):
             sample.image_path = None
             if sample.status == S.STATUS_OK:
                 sample.status = S.FAIL_PATH_OUTSIDE
@@ -98,12 +99,33 @@ def sample_from_record(
     return sample
 
 
-def _inside(path: Path, root: Path) -> bool:
-    """Whether `path` resolves (.., symbolic links) to a place under `root` (resolved)."""
-    try:
-        return Path(os.path.realpath(path)).is_relative_to(root)
-    except (OSError, ValueError):  # a NUL byte, a link loop: not a path to read
-        return False
+class RootGuard:
+    """Whether a path resolves (.., symbolic links) to a place under `root`, for one reading of
+    one manifest. The real path of each folder is cached (a manifest names the same folders
+    over and over, and resolving every component of every path costs one lstat each); the last
+    component is still checked for a link every time."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = os.path.realpath(root)
+        self._prefix = self.root.rstrip(os.sep) + os.sep
+        self._dirs: dict[str, str] = {}
+
+    def __call__(self, path: Path) -> bool:
+        try:
+            text = os.fspath(path)
+            folder, name = os.path.split(text)
+            if name in ("", ".", ".."):
+                real = os.path.realpath(text)
+            else:
+                real_dir = self._dirs.get(folder)
+                if real_dir is None:
+                    real_dir = self._dirs[folder] = os.path.realpath(folder or ".")
+                real = os.path.join(real_dir, name)
+                if os.path.islink(real):
+                    real = os.path.realpath(real)
+        except (OSError, ValueError):  # a NUL byte, a link loop: not a path to read
+            return False
+        return real == self.root or real.startswith(self._prefix)
 
 
 def _check_columns(columns: list[str], path: Path) -> None:
@@ -123,6 +145,7 @@ def _check_columns(columns: list[str], path: Path) -> None:
 def read_jsonl(path: Path, allow_outside: bool = False) -> Iterator[InputSample]:
     source = path.stem
     root = Path(os.path.realpath(path.parent))
+    guard = RootGuard(root)
     columns_checked = False
     with open(path, "rb") as f:
         for lineno, raw in enumerate(f, start=1):
@@ -152,6 +175,7 @@ def read_jsonl(path: Path, allow_outside: bool = False) -> Iterator[InputSample]
                 base_dir=root,
                 source=source,
                 allow_outside=allow_outside,
+                guard=guard,
             )
 
 
@@ -159,6 +183,7 @@ def read_table_manifest(path: Path, allow_outside: bool = False) -> Iterator[Inp
     """CSV, TSV or Parquet manifest, read in batches so a large file never sits in memory."""
     source = path.stem
     root = Path(os.path.realpath(path.parent))
+    guard = RootGuard(root)
     if path.suffix == ".parquet":
         try:
             pf = pq.ParquetFile(path)
@@ -207,6 +232,7 @@ def read_table_manifest(path: Path, allow_outside: bool = False) -> Iterator[Inp
                 base_dir=root,
                 source=source,
                 allow_outside=allow_outside,
+                guard=guard,
             )
             index += 1
 

@@ -113,6 +113,11 @@ def test_a_refused_address_is_never_connected_to():
         # One refused address among several refuses the name (the answer could be steered).
         both = lambda host, port: ["127.0.0.1", "127.0.0.2"]  # noqa: E731
         assert _reason(fetch, url, LOCAL, resolve=both) == "address"
+        # A numeric host ipaddress does not parse passes the pre-check as a name; the system
+        # resolver reads 2130706434 as 127.0.0.2, which the fetch then refuses.
+        numeric = f"http://2130706434:{target.port}/x.jpg"
+        precheck_url(numeric, LOCAL)
+        assert _reason(fetch, numeric, LOCAL) == "address"
         assert target.count == 0
 
 
