@@ -180,15 +180,25 @@ def resolve_checked(host: str, port: int, policy: UrlPolicy, resolve: Resolver) 
 class _PinnedHTTPConnection(http.client.HTTPConnection):
     """Connects to a checked address, while Host (and TLS SNI, certificate name) stay the name."""
 
-    def __init__(self, host: str, port: int, address: str, timeout: float) -> None:
+    def __init__(self, host: str, port: int, addresses: list[str], timeout: float) -> None:
         super().__init__(host, port, timeout=timeout)
-        self._address = address
+        self._addresses = addresses
         # http.client drops `sock` once a closing response owns the socket; the deadline timer
         # and the read loop still need it.
         self.pinned_sock: socket.socket | None = None
 
     def connect(self) -> None:
-        self.sock = socket.create_connection((self._address, self.port), self.timeout)
+        # Each checked address in turn, as socket.create_connection does with a name's (an
+        # IPv6 address first on a machine without an IPv6 route must not fail the download).
+        error: OSError | None = None
+        for address in self._addresses:
+            try:
+                self.sock = socket.create_connection((address, self.port), self.timeout)
+                break
+            except OSError as exc:
+                error = exc
+        else:
+            raise error or OSError("no address to connect to")
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.pinned_sock = self.sock
 
@@ -224,7 +234,7 @@ def fetch(
         target = _parse(url)
         addresses = resolve_checked(target.host, target.port, policy, resolve)
         cls = _PinnedHTTPSConnection if target.scheme == "https" else _PinnedHTTPConnection
-        conn = cls(target.host, target.port, addresses[0], min(policy.timeout_s, _remaining(end)))
+        conn = cls(target.host, target.port, addresses, min(policy.timeout_s, _remaining(end)))
         # A server that drips bytes resets every per-read timeout; the timer ends the request.
         timer = threading.Timer(_remaining(end), _shut, (conn,))
         timer.daemon = True

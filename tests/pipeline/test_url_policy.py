@@ -167,3 +167,14 @@ def test_refusal_text_maps_to_the_status():
     assert S.url_refusal("url_refused:address: the host ...") == "url_refused:address"
     assert S.url_refusal("HTTP Error 404: Not Found") is None
     assert S.url_refusal(None) is None
+
+
+def test_fetch_tries_each_checked_address():
+    # Nothing listens on 127.0.0.3 (connection refused at once); the server is on 127.0.0.1.
+    policy = UrlPolicy.from_config(["127.0.0.0/8"], max_bytes=1 << 20, deadline_s=5, timeout_s=5)
+    resolve = lambda host, port: ["127.0.0.3", "127.0.0.1"]  # noqa: E731
+    with route_server({"/a.jpg": ("bytes", b"second address")}) as base:
+        port = base.rsplit(":", 1)[1]
+        assert fetch(f"http://images.example:{port}/a.jpg", policy, resolve=resolve) == (
+            b"second address"
+        )
