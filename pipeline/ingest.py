@@ -259,6 +259,7 @@ def _write_atomic(path: Path, rows: list[dict[str, Any]], columns: list[str]) ->
 def start_ingest(cfg: IngestConfig, work: Path, extra_columns: list[str]) -> subprocess.Popen:
     """img2dataset in a child process, resuming (incremental mode) into work/shards, with its
     fetch replaced by the URL policy's (`pipeline.safe_download`)."""
+    work = work.resolve()
     cmd = [
         sys.executable, "-m", "pipeline.safe_download", "--",
         "--url_list", str(work / "urls.parquet"), "--input_format", "parquet",
@@ -282,7 +283,8 @@ def start_ingest(cfg: IngestConfig, work: Path, extra_columns: list[str]) -> sub
         "PYTHONPATH": path,
         POLICY_ENV: json.dumps(cfg.url_policy().to_json()),
     }
-    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+    # cwd: `python -m` puts it first on sys.path, where another `pipeline` package could sit.
+    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=work)
 
 
 def ready_shards(shard_dir: Path) -> list[str]:
