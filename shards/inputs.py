@@ -87,9 +87,10 @@ def long_entry(value: Any) -> dict[str, Any] | None:
 
 # The largest image file a manifest may point at: a bigger one is refused before it is read.
 MAX_IMAGE_FILE_BYTES = 256 << 20
+MAX_CAPTION_FILE_BYTES = 1 << 20  # an image folder's .txt caption
 
 
-def read_image_file(path: Path, max_bytes: int = MAX_IMAGE_FILE_BYTES) -> bytes:
+def read_file_capped(path: Path, max_bytes: int = MAX_IMAGE_FILE_BYTES) -> bytes:
     """A regular file's bytes, at most `max_bytes`; OSError for anything else. Opened without
     blocking (a fifo) and checked on the open descriptor (a device such as /dev/zero, a file
     swapped after a check), then read no further than the cap (a file still growing)."""
@@ -101,10 +102,10 @@ def read_image_file(path: Path, max_bytes: int = MAX_IMAGE_FILE_BYTES) -> bytes:
         if not stat.S_ISREG(st.st_mode):
             raise OSError("not a regular file")
         if st.st_size > max_bytes:
-            raise OSError(f"{st.st_size} bytes is over the image file cap of {max_bytes}")
+            raise OSError(f"{st.st_size} bytes is over the file cap of {max_bytes}")
         data = f.read(max_bytes + 1)
     if len(data) > max_bytes:
-        raise OSError(f"over the image file cap of {max_bytes} bytes")
+        raise OSError(f"over the file cap of {max_bytes} bytes")
     return data
 
 
@@ -114,7 +115,7 @@ def load_image_bytes(sample: InputSample) -> tuple[bytes | None, str | None]:
         return sample.image, None
     if sample.image_path is not None:
         try:
-            return read_image_file(Path(sample.image_path)), None
+            return read_file_capped(Path(sample.image_path)), None
         except OSError as exc:
             why = exc.strerror or str(exc)
             return None, f"{sample.origin}: {sample.image_path}: {why}"

@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 
 from shards import schema as S
 from shards.inputs import (
+    MAX_CAPTION_FILE_BYTES,
     RELEASED_LONG_COLUMNS,
     RELEASED_SHORT_COLUMNS,
     TRUTH_COLUMN,
@@ -25,6 +26,7 @@ from shards.inputs import (
     InputSample,
     as_text,
     long_entry,
+    read_file_capped,
     truth_text,
 )
 from shards.tar_reader import IMAGE_EXTS, iter_tar_samples
@@ -237,20 +239,37 @@ def read_table_manifest(path: Path, allow_outside: bool = False) -> Iterator[Inp
             index += 1
 
 
-def read_image_folder(root: Path) -> Iterator[InputSample]:
-    """A folder of images, each with an optional same-named .txt caption."""
+def read_image_folder(root: Path, allow_outside: bool = False) -> Iterator[InputSample]:
+    """A folder of images, each with an optional same-named .txt caption. An image or caption
+    that is a link out of the folder is a `path_outside_root` failure unless `allow_outside`;
+    a caption file is read only when regular and at most MAX_CAPTION_FILE_BYTES."""
+    guard = RootGuard(root)
     for path in sorted(p for p in root.rglob("*") if p.suffix.lower().lstrip(".") in IMAGE_EXTS):
         rel = path.relative_to(root).with_suffix("")
-        txt = path.with_suffix(".txt")
-        caption = txt.read_bytes().decode("utf-8", "surrogateescape") if txt.exists() else None
-        yield InputSample(
+        sample = InputSample(
             key=str(rel).replace("/", "_"),
             origin=str(path),
             source=root.name,
-            caption=caption,
             image_path=path,
             image_format=path.suffix.lstrip(".").lower(),
         )
+        txt = path.with_suffix(".txt")
+        outside = [p.name for p in (path, txt) if p.is_symlink() and not guard(p)]
+        if outside and not allow_outside:
+            sample.image_path = None
+            sample.status = S.FAIL_PATH_OUTSIDE
+            sample.error = (
+                f"{path}: {' and '.join(outside)} links outside the folder; "
+                "pass --allow-paths-outside to read it"
+            )
+        elif txt.exists() or txt.is_symlink():
+            try:
+                data = read_file_capped(txt, MAX_CAPTION_FILE_BYTES)
+                sample.caption = data.decode("utf-8", "surrogateescape")
+            except OSError as exc:
+                sample.status = S.FAIL_INPUT
+                sample.error = f"{txt}: caption file not read ({exc.strerror or exc})"
+        yield sample
 
 
 def _is_longcap_shard(parquet: Path) -> bool:
@@ -301,7 +320,7 @@ def read_input(path: str | Path, allow_paths_outside: bool = False) -> Iterator[
     if p.is_dir():
         if any(p.glob("*.tar")) or any(p.glob("*.parquet")):
             return read_shard_folder(p)
-        return read_image_folder(p)
+        return read_image_folder(p, allow_paths_outside)
     suffix = p.suffix.lower()
     if suffix in (".jsonl", ".json"):
         return read_jsonl(p, allow_paths_outside)

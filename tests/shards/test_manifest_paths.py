@@ -11,7 +11,7 @@ import pytest
 
 from pipeline.cli import main
 from shards import schema as S
-from shards.inputs import read_image_file
+from shards.inputs import read_file_capped
 from tests.shards.helpers import jpeg_bytes, write_jsonl
 
 
@@ -81,8 +81,27 @@ def test_allow_paths_outside_reads_them_but_still_refuses_devices(hostile, tmp_p
 def test_image_files_are_read_with_a_cap(tmp_path):
     path = tmp_path / "big.jpg"
     path.write_bytes(b"x" * 101)
-    with pytest.raises(OSError, match="over the image file cap of 100"):
-        read_image_file(path, max_bytes=100)
-    assert read_image_file(path, max_bytes=101) == b"x" * 101
+    with pytest.raises(OSError, match="over the file cap of 100"):
+        read_file_capped(path, max_bytes=100)
+    assert read_file_capped(path, max_bytes=101) == b"x" * 101
     with pytest.raises(OSError, match="not a regular file"):
-        read_image_file(Path("/dev/zero"))
+        read_file_capped(Path("/dev/zero"))
+
+
+def test_image_folder_links_out_and_device_captions(tmp_path):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    (folder / "a.jpg").write_bytes(jpeg_bytes())
+    (folder / "a.txt").write_text("a red square.")
+    (tmp_path / "secret.jpg").write_bytes(jpeg_bytes(color=(9, 9, 9)))
+    (folder / "b.jpg").symlink_to(tmp_path / "secret.jpg")
+    (folder / "b.txt").write_text("a dark square.")
+    (folder / "c.jpg").write_bytes(jpeg_bytes())
+    (folder / "c.txt").symlink_to("/dev/zero")  # used to be read whole: MemoryError
+    rows = _run(folder, tmp_path / "out")
+    assert rows["a"]["status"] == S.STATUS_OK and rows["a"]["caption"] == "a red square."
+    assert rows["b"]["status"] == S.FAIL_PATH_OUTSIDE
+    assert rows["c"]["status"] == S.FAIL_PATH_OUTSIDE  # its caption links out of the folder
+    rows = _run(folder, tmp_path / "out2", "--allow-paths-outside")
+    assert rows["b"]["status"] == S.STATUS_OK
+    assert rows["c"]["status"] == S.FAIL_INPUT and "not a regular file" in rows["c"]["error"]
