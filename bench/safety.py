@@ -33,6 +33,7 @@ def _median(fn, repeat: int) -> float:
 def tiny_checkpoint(root: Path) -> Path:
     """A real checkpoint of `longcap train` (tiny preset, 1 step, with optimizer state)."""
     from pipeline.sample_data import make_sample
+
     from shards.assemble import AssembleConfig, assemble
     from train_hooks.train import TrainConfig, train
 

@@ -86,6 +86,16 @@ def _ingest_config(data: Any, where: str) -> IngestConfig:
         value, least = getattr(cfg, f.name), 0 if f.name == "retries" else 1
         if f.type == "int" and value < least:
             raise ConfigError(f"{where}.{f.name}: must be an integer >= {least}, got {value!r}")
+    if not cfg.deadline_s > 0:
+        raise ConfigError(
+            f"{where}.deadline_s: must be a number of seconds > 0, got {cfg.deadline_s!r}"
+        )
+    try:
+        cfg.url_policy()
+    except ValueError as exc:
+        raise ConfigError(
+            f"{where}.allowed_networks: {exc}; write networks as CIDRs, e.g. 127.0.0.1/32"
+        ) from None
     return cfg
 
 
@@ -107,7 +117,8 @@ def _write_rejected(work: Path, out: Path) -> None:
                 S.Sample(
                     key=f"row{r['longcap_row']:09d}",
                     status=r["reason"],
-                    error=f"{work / 'urls'}: input row {r['longcap_row']}: {r['reason']}",
+                    # No local path in the dataset: the row number and the reason say enough.
+                    error=f"URL list row {r['longcap_row']}: {r.get('detail') or r['reason']}",
                     url=r["url"],
                     caption=r["caption"],
                 )

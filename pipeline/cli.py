@@ -21,6 +21,7 @@ def _cmd_shards(args: argparse.Namespace) -> int:
         verify_images=not args.no_verify_images,
         captions=args.captions,
         split_engine=args.split_engine,
+        allow_paths_outside=args.allow_paths_outside,
     )
     print(f"longcap shards: {args.input} -> {args.out} (formats {','.join(cfg.formats)})")
     t0 = time.perf_counter()
@@ -119,6 +120,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="delete finished shards made from another config or input, and rebuild them "
         "(without it such a rerun stops, exit 2)",
+    )
+    p.add_argument(
+        "--allow-paths-outside",
+        action="store_true",
+        help="read a manifest's image paths that lie outside its folder (absolute, ../, links "
+        "out); by default such rows are failures (path_outside_root), see docs/SECURITY.md",
     )
     p.set_defaults(func=_cmd_shards)
 

@@ -1,11 +1,15 @@
 """The ingest stage of a build: a URL list, cleaned, downloaded into shards by img2dataset.
 
-Before img2dataset sees the list, every row is checked: an empty URL, a URL seen earlier in the
-list, a caption whose bytes are not UTF-8 or a row that cannot be parsed is rejected with its
-reason (and kept, as a failure row of the build), so img2dataset gets a clean Parquet list with a
-`longcap_row` column naming the input row. img2dataset's exit code is not trusted: a shard counts
-as downloaded when its `NNNNN_stats.json` exists (img2dataset writes it after the tar and the
-Parquet), and the build checks at the end that every shard the list implies is there.
+Before img2dataset sees the list, every row is checked: an empty URL, a URL or caption whose
+bytes are not UTF-8, a URL the ingest policy refuses without the network (a scheme other than
+http/https, a literal private or loopback address: `pipeline.url_policy.precheck_url`), a URL
+seen earlier in the list or a row that cannot be parsed is rejected with its reason (and kept, as
+a failure row of the build), so img2dataset gets a clean Parquet list with a `longcap_row` column
+naming the input row. img2dataset then runs with its fetch replaced by the policy's
+(`pipeline.safe_download`): host names are resolved and checked before connecting, redirects
+are re-checked, responses are capped in size and time. img2dataset's exit code is not trusted:
+a shard counts as downloaded when its `NNNNN_stats.json` exists (img2dataset writes it after the
+tar and the Parquet), and the build checks at the end that every shard the list implies is there.
 """
 
 from __future__ import annotations
@@ -23,6 +27,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.processes import popen_tied
+from pipeline.url_policy import POLICY_ENV, UrlPolicy, UrlRefused, precheck_url, refusal_status
+from shards.inputs import as_text
+from shards.schema import FAIL_URL_NOT_UTF8
 
 # Column names tried in order when the config does not name them (LoTLIP/DreamLIP lists,
 # img2dataset's usual names).
@@ -32,6 +39,7 @@ REJECT_EMPTY_URL = "empty_url"
 REJECT_DUPLICATE_URL = "duplicate_url"
 REJECT_NOT_UTF8 = "caption_not_utf8"
 REJECT_BAD_ROW = "bad_input_row"
+REJECT_URL_NOT_UTF8 = FAIL_URL_NOT_UTF8
 
 
 @dataclass
@@ -48,6 +56,17 @@ class IngestConfig:
     timeout: int = 10
     retries: int = 0
     extra_columns: list[str] = field(default_factory=list)  # carried to the shards' metadata
+    # URL policy (pipeline/url_policy.py, docs/SECURITY.md). CIDRs whose addresses may be fetched
+    # although they are loopback/private/link-local...; empty: only global addresses.
+    allowed_networks: list[str] = field(default_factory=list)
+    max_bytes: int = 32 << 20  # a response longer than this is refused (url_refused:size)
+    deadline_s: float = 60.0  # one request in all: redirects, headers, body (url_refused:deadline)
+
+    def url_policy(self) -> UrlPolicy:
+        """The policy these fields describe; ValueError names a bad `allowed_networks` entry."""
+        return UrlPolicy.from_config(
+            self.allowed_networks, self.max_bytes, self.deadline_s, self.timeout
+        )
 
 
 def _read_rows(path: Path, fmt: str) -> tuple[list[str], list[dict[str, Any] | None]]:
@@ -73,15 +92,39 @@ def _read_rows(path: Path, fmt: str) -> tuple[list[str], list[dict[str, Any] | N
         return list(columns), rows
     import pandas as pd
 
-    df = pd.read_csv(
-        path,
+    opts = dict(
         sep="\t" if fmt == "tsv" else ",",
         dtype=str,
         keep_default_na=False,
         encoding="utf-8",
         encoding_errors="surrogateescape",
     )
+    try:
+        df = pd.read_csv(path, **opts)
+    except pd.errors.ParserError:
+        return _read_csv_rowwise(path, opts["sep"])
     return list(df.columns), df.to_dict("records")
+
+
+def _read_csv_rowwise(path: Path, sep: str) -> tuple[list[str], list[dict[str, Any] | None]]:
+    """A CSV that pandas' parser refuses (a line with more fields than the header): read it line
+    by line so that such a line becomes one unparsable row (None) instead of stopping the build.
+    Short lines are padded with empty cells, as pandas does."""
+    import csv
+
+    with open(path, encoding="utf-8", errors="surrogateescape", newline="") as f:
+        reader = csv.reader(f, delimiter=sep)
+        header = next(reader, [])
+        rows: list[dict[str, Any] | None] = []
+        for cells in reader:
+            if not cells:
+                continue
+            if len(cells) > len(header):
+                rows.append(None)
+            else:
+                cells = cells + [""] * (len(header) - len(cells))
+                rows.append(dict(zip(header, cells, strict=True)))
+    return header, rows
 
 
 def _pick(columns: list[str], wanted: str | None, options: tuple[str, ...], what: str, path: Path):
@@ -119,28 +162,23 @@ def prepare_url_list(cfg: IngestConfig, work: Path) -> dict[str, Any]:
 
     carried = (*RELEASED_LONG_COLUMNS, TRUTH_COLUMN, *cfg.extra_columns)
     extra = list(dict.fromkeys(c for c in carried if c in columns))
+    policy = cfg.url_policy()
     accepted, rejected, seen = [], [], set()
+    safe = lambda v: None if v is None else str(v).encode("utf-8", "replace").decode()  # noqa: E731
     for i, row in enumerate(rows):
-        reason = None
-        if row is None:
-            reason = REJECT_BAD_ROW
-            row = {}
-        url = str(row.get(url_col) or "").strip()
-        caption = row.get(cap_col) if cap_col else None
-        caption = None if caption is None else str(caption)
-        if reason is None and not url:
-            reason = REJECT_EMPTY_URL
-        elif reason is None and url in seen:
-            reason = REJECT_DUPLICATE_URL
-        elif reason is None and caption is not None:
-            try:
-                caption.encode("utf-8")
-            except UnicodeEncodeError:
-                reason = REJECT_NOT_UTF8
-        safe = lambda v: None if v is None else str(v).encode("utf-8", "replace").decode()  # noqa: E731
+        reason, detail = _check_row(row, url_col, cap_col, seen, policy)
+        row = row or {}
+        url = (as_text(row.get(url_col)) or "").strip()
+        caption = as_text(row.get(cap_col)) if cap_col else None
         if reason is not None:
             rejected.append(
-                {"longcap_row": i, "url": safe(url), "caption": safe(caption), "reason": reason}
+                {
+                    "longcap_row": i,
+                    "url": safe(url),
+                    "caption": safe(caption),
+                    "reason": reason,
+                    "detail": detail,
+                }
             )
             continue
         seen.add(url)
@@ -150,7 +188,9 @@ def prepare_url_list(cfg: IngestConfig, work: Path) -> dict[str, Any]:
             rec[TRUTH_COLUMN] = safe(truth_text(row.get(TRUTH_COLUMN)))
         accepted.append(rec)
     work.mkdir(parents=True, exist_ok=True)
-    _write_atomic(work / "rejected.parquet", rejected, ["longcap_row", "url", "caption", "reason"])
+    _write_atomic(
+        work / "rejected.parquet", rejected, ["longcap_row", "url", "caption", "reason", "detail"]
+    )
     _write_atomic(
         work / "urls.parquet", accepted, ["longcap_row", "url", "caption", "source", *extra]
     )
@@ -170,6 +210,42 @@ def prepare_url_list(cfg: IngestConfig, work: Path) -> dict[str, Any]:
     return summary
 
 
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")  # lone surrogates stand for bytes that were not UTF-8
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _check_row(
+    row: dict[str, Any] | None,
+    url_col: str,
+    cap_col: str | None,
+    seen: set[str],
+    policy: UrlPolicy,
+) -> tuple[str | None, str | None]:
+    """(reason, detail) a row is refused for, or (None, None). Never raises: any row, however
+    odd, becomes a URL to download or a failure row."""
+    if row is None:
+        return REJECT_BAD_ROW, "the row cannot be parsed"
+    url = (as_text(row.get(url_col)) or "").strip()
+    if not url:
+        return REJECT_EMPTY_URL, "the row has no URL"
+    if not _is_utf8(url):
+        return REJECT_URL_NOT_UTF8, "the URL's bytes are not UTF-8"
+    try:
+        precheck_url(url, policy)
+    except UrlRefused as exc:
+        return refusal_status(exc.reason), str(exc)
+    if url in seen:
+        return REJECT_DUPLICATE_URL, "the URL appears earlier in the list"
+    caption = as_text(row.get(cap_col)) if cap_col else None
+    if caption is not None and not _is_utf8(caption):
+        return REJECT_NOT_UTF8, "the caption's bytes are not UTF-8"
+    return None, None
+
+
 def _write_atomic(path: Path, rows: list[dict[str, Any]], columns: list[str]) -> None:
     table = (
         pa.Table.from_pylist(rows)
@@ -184,11 +260,12 @@ def _write_atomic(path: Path, rows: list[dict[str, Any]], columns: list[str]) ->
 def start_ingest(
     cfg: IngestConfig, work: Path, extra_columns: list[str], extra_args: list[str] = ()
 ) -> subprocess.Popen:
-    """img2dataset in a child process, resuming (incremental mode) into work/shards;
-    `extra_args` are appended to its command line (the build's image caps)."""
-    exe = Path(sys.executable).parent / "img2dataset"
+    """img2dataset in a child process, resuming (incremental mode) into work/shards, with its
+    fetch replaced by the URL policy's (`pipeline.safe_download`); `extra_args` are appended to
+    its command line (the build's image caps)."""
+    work = work.resolve()
     cmd = [
-        str(exe) if exe.exists() else "img2dataset",
+        sys.executable, "-m", "pipeline.safe_download", "--",
         "--url_list", str(work / "urls.parquet"), "--input_format", "parquet",
         "--url_col", "url", "--caption_col", "caption",
         "--output_format", "webdataset", "--output_folder", str(work / "shards"),
@@ -202,9 +279,18 @@ def start_ingest(
         *extra_args,
     ]  # fmt: skip
     log = open(work / "img2dataset.log", "ab")
-    env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"}
+    # This checkout's `pipeline` first on the child's path: the policy that runs is this one.
+    root = str(Path(__file__).resolve().parents[1])
+    path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
+    env = {
+        **os.environ,
+        "NO_ALBUMENTATIONS_UPDATE": "1",
+        "PYTHONPATH": path,
+        POLICY_ENV: json.dumps(cfg.url_policy().to_json()),
+    }
+    # cwd: `python -m` puts it first on sys.path, where another `pipeline` package could sit.
     # Tied to the driver: a killed build never leaves img2dataset running (pipeline/processes.py).
-    return popen_tied(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+    return popen_tied(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=work)
 
 
 def ready_shards(shard_dir: Path) -> list[str]:

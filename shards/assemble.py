@@ -62,6 +62,8 @@ class AssembleConfig:
     split_engine: str = "rules"
     extra_abbreviations: list[str] = field(default_factory=list)  # never split after these
     extra_titles: list[str] = field(default_factory=list)  # "Gen.", "Fr.": never end a sentence
+    # A manifest's image paths must resolve inside its folder (path_outside_root otherwise).
+    allow_paths_outside: bool = False
 
     def split(self, text: str) -> list[str]:
         """`split_caption` with this config's engine and lexicon additions."""
@@ -377,7 +379,7 @@ def _assemble(
 
     def rows() -> Iterator[InputSample]:
         nonlocal position
-        for inp in read_input(input_path):
+        for inp in read_input(input_path, cfg.allow_paths_outside):
             position += 1
             if position > skip:
                 if join is not None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -83,13 +85,38 @@ def long_entry(value: Any) -> dict[str, Any] | None:
     return None if text is None else {"text": text}
 
 
+# The largest image file a manifest may point at: a bigger one is refused before it is read.
+MAX_IMAGE_FILE_BYTES = 256 << 20
+MAX_CAPTION_FILE_BYTES = 1 << 20  # an image folder's .txt caption
+
+
+def read_file_capped(path: Path, max_bytes: int = MAX_IMAGE_FILE_BYTES) -> bytes:
+    """A regular file's bytes, at most `max_bytes`; OSError for anything else. Opened without
+    blocking (a fifo) and checked on the open descriptor (a device such as /dev/zero, a file
+    swapped after a check), then read no further than the cap (a file still growing)."""
+    if not stat.S_ISREG(os.stat(path).st_mode):  # some devices act on open: do not open them
+        raise OSError("not a regular file")
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError("not a regular file")
+        if st.st_size > max_bytes:
+            raise OSError(f"{st.st_size} bytes is over the file cap of {max_bytes}")
+        data = f.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise OSError(f"over the file cap of {max_bytes} bytes")
+    return data
+
+
 def load_image_bytes(sample: InputSample) -> tuple[bytes | None, str | None]:
     """The sample's encoded image (from the input, or read from its path), or (None, reason)."""
     if sample.image is not None:
         return sample.image, None
     if sample.image_path is not None:
         try:
-            return Path(sample.image_path).read_bytes(), None
+            return read_file_capped(Path(sample.image_path)), None
         except OSError as exc:
-            return None, f"{sample.origin}: {sample.image_path}: {exc}"
+            why = exc.strerror or str(exc)
+            return None, f"{sample.origin}: {sample.image_path}: {why}"
     return None, f"{sample.origin}: no image"

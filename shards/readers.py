@@ -9,6 +9,7 @@ file with the wrong schema) raises `InputError`, naming the file and what is wro
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ import pyarrow.parquet as pq
 
 from shards import schema as S
 from shards.inputs import (
+    MAX_CAPTION_FILE_BYTES,
     RELEASED_LONG_COLUMNS,
     RELEASED_SHORT_COLUMNS,
     TRUTH_COLUMN,
@@ -24,6 +26,7 @@ from shards.inputs import (
     InputSample,
     as_text,
     long_entry,
+    read_file_capped,
     truth_text,
 )
 from shards.tar_reader import IMAGE_EXTS, iter_tar_samples
@@ -38,9 +41,21 @@ def _first(columns: list[str] | set[str], names: tuple[str, ...]) -> str | None:
 
 
 def sample_from_record(
-    rec: dict[str, Any], *, index: int, origin: str, base_dir: Path, source: str
+    rec: dict[str, Any],
+    *,
+    index: int,
+    origin: str,
+    base_dir: Path,
+    source: str,
+    allow_outside: bool = False,
+    guard: RootGuard | None = None,
 ) -> InputSample:
-    """Turn one manifest record (any accepted column naming) into an InputSample."""
+    """Turn one manifest record (any accepted column naming) into an InputSample.
+
+    An image path must lie inside `base_dir` (the manifest's folder) once `..` and symbolic
+    links are resolved, unless `allow_outside`; one that does not is a `path_outside_root`
+    failure, decided from the text and links alone: the file is never opened, and the error
+    is the same whether it exists or not."""
     cols = set(rec)
     key_col = _first(cols, KEY_COLUMNS)
     key = as_text(rec.get(key_col)) if key_col else None
@@ -72,10 +87,47 @@ def sample_from_record(
         path = Path(path_text)
         sample.image_path = path if path.is_absolute() else base_dir / path
         sample.image_format = path.suffix.lstrip(".").lower() or None
+        if not allow_outside and not (guard or RootGuard(base_dir))(sample.image_path):
+            sample.image_path = None
+            if sample.status == S.STATUS_OK:
+                sample.status = S.FAIL_PATH_OUTSIDE
+                sample.error = (
+                    f"{origin}: image path {path_text!r} is outside the manifest's folder; "
+                    "pass --allow-paths-outside to read it"
+                )
     elif sample.status == S.STATUS_OK:
         sample.status = S.FAIL_IMAGE_MISSING
         sample.error = f"{origin}: no image path in column {img_col or IMAGE_COLUMNS[0]!r}"
     return sample
+
+
+class RootGuard:
+    """Whether a path resolves (.., symbolic links) to a place under `root`, for one reading of
+    one manifest. The real path of each folder is cached (a manifest names the same folders
+    over and over, and resolving every component of every path costs one lstat each); the last
+    component is still checked for a link every time."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = os.path.realpath(root)
+        self._prefix = self.root.rstrip(os.sep) + os.sep
+        self._dirs: dict[str, str] = {}
+
+    def __call__(self, path: Path) -> bool:
+        try:
+            text = os.fspath(path)
+            folder, name = os.path.split(text)
+            if name in ("", ".", ".."):
+                real = os.path.realpath(text)
+            else:
+                real_dir = self._dirs.get(folder)
+                if real_dir is None:
+                    real_dir = self._dirs[folder] = os.path.realpath(folder or ".")
+                real = os.path.join(real_dir, name)
+                if os.path.islink(real):
+                    real = os.path.realpath(real)
+        except (OSError, ValueError):  # a NUL byte, a link loop: not a path to read
+            return False
+        return real == self.root or real.startswith(self._prefix)
 
 
 def _check_columns(columns: list[str], path: Path) -> None:
@@ -92,8 +144,10 @@ def _check_columns(columns: list[str], path: Path) -> None:
         )
 
 
-def read_jsonl(path: Path) -> Iterator[InputSample]:
+def read_jsonl(path: Path, allow_outside: bool = False) -> Iterator[InputSample]:
     source = path.stem
+    root = Path(os.path.realpath(path.parent))
+    guard = RootGuard(root)
     columns_checked = False
     with open(path, "rb") as f:
         for lineno, raw in enumerate(f, start=1):
@@ -117,13 +171,21 @@ def read_jsonl(path: Path) -> Iterator[InputSample]:
                 _check_columns(list(rec), path)
                 columns_checked = True
             yield sample_from_record(
-                rec, index=lineno - 1, origin=origin, base_dir=path.parent, source=source
+                rec,
+                index=lineno - 1,
+                origin=origin,
+                base_dir=root,
+                source=source,
+                allow_outside=allow_outside,
+                guard=guard,
             )
 
 
-def read_table_manifest(path: Path) -> Iterator[InputSample]:
+def read_table_manifest(path: Path, allow_outside: bool = False) -> Iterator[InputSample]:
     """CSV, TSV or Parquet manifest, read in batches so a large file never sits in memory."""
     source = path.stem
+    root = Path(os.path.realpath(path.parent))
+    guard = RootGuard(root)
     if path.suffix == ".parquet":
         try:
             pf = pq.ParquetFile(path)
@@ -166,25 +228,48 @@ def read_table_manifest(path: Path) -> Iterator[InputSample]:
             # Line numbers count the header line, as an editor shows them.
             origin = f"{path}:{index + 2}" if path.suffix != ".parquet" else f"{path}:row {index}"
             yield sample_from_record(
-                rec, index=index, origin=origin, base_dir=path.parent, source=source
+                rec,
+                index=index,
+                origin=origin,
+                base_dir=root,
+                source=source,
+                allow_outside=allow_outside,
+                guard=guard,
             )
             index += 1
 
 
-def read_image_folder(root: Path) -> Iterator[InputSample]:
-    """A folder of images, each with an optional same-named .txt caption."""
+def read_image_folder(root: Path, allow_outside: bool = False) -> Iterator[InputSample]:
+    """A folder of images, each with an optional same-named .txt caption. An image or caption
+    that is a link out of the folder is a `path_outside_root` failure unless `allow_outside`;
+    a caption file is read only when regular and at most MAX_CAPTION_FILE_BYTES."""
+    guard = RootGuard(root)
     for path in sorted(p for p in root.rglob("*") if p.suffix.lower().lstrip(".") in IMAGE_EXTS):
         rel = path.relative_to(root).with_suffix("")
-        txt = path.with_suffix(".txt")
-        caption = txt.read_bytes().decode("utf-8", "surrogateescape") if txt.exists() else None
-        yield InputSample(
+        sample = InputSample(
             key=str(rel).replace("/", "_"),
             origin=str(path),
             source=root.name,
-            caption=caption,
             image_path=path,
             image_format=path.suffix.lstrip(".").lower(),
         )
+        txt = path.with_suffix(".txt")
+        outside = [p.name for p in (path, txt) if p.is_symlink() and not guard(p)]
+        if outside and not allow_outside:
+            sample.image_path = None
+            sample.status = S.FAIL_PATH_OUTSIDE
+            sample.error = (
+                f"{path}: {' and '.join(outside)} links outside the folder; "
+                "pass --allow-paths-outside to read it"
+            )
+        elif txt.exists() or txt.is_symlink():
+            try:
+                data = read_file_capped(txt, MAX_CAPTION_FILE_BYTES)
+                sample.caption = data.decode("utf-8", "surrogateescape")
+            except OSError as exc:
+                sample.status = S.FAIL_INPUT
+                sample.error = f"{txt}: caption file not read ({exc.strerror or exc})"
+        yield sample
 
 
 def _is_longcap_shard(parquet: Path) -> bool:
@@ -225,20 +310,22 @@ def read_shard_folder(root: Path) -> Iterator[InputSample]:
         yield from read_shard(root, name)
 
 
-def read_input(path: str | Path) -> Iterator[InputSample]:
-    """Open whatever the user pointed at: a manifest file or a folder of shards or images."""
+def read_input(path: str | Path, allow_paths_outside: bool = False) -> Iterator[InputSample]:
+    """Open whatever the user pointed at: a manifest file or a folder of shards or images.
+
+    A manifest's image paths must lie inside its folder unless `allow_paths_outside`."""
     p = Path(path)
     if not p.exists():
         raise InputError(f"{p}: no such file or folder")
     if p.is_dir():
         if any(p.glob("*.tar")) or any(p.glob("*.parquet")):
             return read_shard_folder(p)
-        return read_image_folder(p)
+        return read_image_folder(p, allow_paths_outside)
     suffix = p.suffix.lower()
     if suffix in (".jsonl", ".json"):
-        return read_jsonl(p)
+        return read_jsonl(p, allow_paths_outside)
     if suffix in (".csv", ".tsv", ".tab", ".parquet"):
-        return read_table_manifest(p)
+        return read_table_manifest(p, allow_paths_outside)
     raise InputError(
         f"{p}: unknown manifest type {suffix!r}; use .jsonl, .csv, .tsv or .parquet, or a folder"
     )

@@ -30,6 +30,21 @@ FAIL_DUPLICATE_KEY = "duplicate_key"
 FAIL_IMAGE_LIMIT = "image_over_limits"  # shards.limits: pixel or aspect-ratio cap
 FAIL_TAR_MEMBER = "tar_member_refused"  # sparse, link, device or oversized tar member
 FAIL_KEY_UNSTORABLE = "key_not_storable"  # a key the tar writer cannot store
+FAIL_PATH_OUTSIDE = "path_outside_root"  # a manifest's image path outside the manifest's folder
+FAIL_URL_NOT_UTF8 = "url_not_utf8"
+# A URL the ingest policy does not fetch (pipeline/url_policy.py): the status is the prefix and
+# one word, e.g. url_refused:scheme, url_refused:address, url_refused:size, url_refused:deadline.
+URL_REFUSED_PREFIX = "url_refused:"
+
+
+def url_refusal(error: object) -> str | None:
+    """`url_refused:<reason>` when a download error text is a policy refusal (img2dataset can
+    only report it as text: "url_refused:address: ..."), else None."""
+    if not isinstance(error, str) or not error.startswith(URL_REFUSED_PREFIX):
+        return None
+    reason = error[len(URL_REFUSED_PREFIX) :].split(":", 1)[0].strip()
+    return URL_REFUSED_PREFIX + reason if reason.isidentifier() else None
+
 
 # Status of one long caption (one model's text for one image).
 LONG_OK = "ok"

@@ -184,8 +184,9 @@ def iter_tar_samples(tar: Path | None, parquet: Path | None, source: str) -> Ite
         _fill_from_record(sample, row)
         status = str(row.get("status") or "")
         if status in I2D_STATUS or (status and status != "success"):
-            sample.status = I2D_STATUS.get(status, status)
-            sample.error = f"{origin}: {row.get('error_message') or status}"
+            error = row.get("error_message")
+            sample.status = S.url_refusal(error) or I2D_STATUS.get(status, status)
+            sample.error = f"{origin}: {error or status}"
         elif truncated:
             sample.status, sample.error = FAIL_TRUNCATED, truncated
         else:

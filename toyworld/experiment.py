@@ -103,6 +103,8 @@ def build_config(path: Path, url_list: Path, output: Path, captioners: Path) -> 
             "image_size": 96,
             "number_sample_per_shard": 500,
             "threads": 8,
+            # The scenes are served from 127.0.0.1, which the URL policy refuses unless listed.
+            "allowed_networks": ["127.0.0.1/32"],
         },
         "models": [
             {

@@ -127,16 +127,27 @@ def train(
     log_every: int = 50,
     spec: dict[str, int] | None = None,
     check_n: int = 500,
+    init: str | Path | None = None,
 ) -> dict[str, Any]:
     """Pretrain the tower on fresh scenes for `minutes`, check it on held-out scenes and save
-    it to `out` (None: do not save). Returns {"encoder", "log", "heldout", "config"}."""
+    it to `out` (None: do not save). `init`: continue a saved tower (its heads start afresh;
+    its train_config.json then records the earlier runs). Returns {"encoder", "log",
+    "heldout", "config"}."""
     import math
 
     import torch
 
     torch.set_num_threads(threads)
     spec = spec or SPEC
-    enc = build(spec, seed)
+    earlier: list[dict[str, Any]] = []
+    if init is not None:
+        enc = load(init).train()
+        prev = json.loads((Path(init) / "train_config.json").read_text())
+        spec = prev["spec"]
+        earlier = [*prev.pop("earlier_runs", []), prev]
+        seed += len(earlier)  # a scene stream not seen before
+    else:
+        enc = build(spec, seed)
     heads = _Heads(spec["width"])
     params = [*enc.parameters(), *heads.parameters()]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.05)
@@ -179,6 +190,7 @@ def train(
         "threads": threads,
         "steps_taken": step,
         "train_seconds": round(time.monotonic() - t0, 1),
+        "earlier_runs": earlier,
     }
     result = check(enc, heads, check_n) if check_n else {}
     if result:
@@ -301,8 +313,9 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--lr", type=float, default=1e-3)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--threads", type=int, default=2)
+    t.add_argument("--init", default=None, help="continue training this saved tower")
     args = p.parse_args(argv)
-    train(args.out, args.minutes, args.batch_size, args.lr, args.seed, args.threads)
+    train(args.out, args.minutes, args.batch_size, args.lr, args.seed, args.threads, init=args.init)
     return 0
 
 

@@ -5,6 +5,8 @@ stops it). `make_url_list(...)` generates images with `toyworld.sample_data` (or
 `scenes=True`, toyworld scenes with their truth), and a CSV that points at them, with the awkward
 rows a real list has when `bad_rows` is set: a 404, a duplicate URL, an empty URL, an HTML page
 served as .jpg, a 1-pixel image, a 30,000-pixel-wide image, and a caption that is not UTF-8.
+The ingest URL policy refuses loopback addresses: a build from this server lists 127.0.0.1/32 in
+`ingest.allowed_networks` (docs/SECURITY.md).
 """
 
 from __future__ import annotations

@@ -46,6 +46,7 @@ def _write_config(path: Path, url_list: Path, out: Path, models: dict) -> Path:
             "image_size": 64,
             "number_sample_per_shard": PER_SHARD,
             "threads": 4,
+            "allowed_networks": ["127.0.0.1/32"],  # the test server; refused by default
         },
         "models": [
             {

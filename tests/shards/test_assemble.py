@@ -57,8 +57,8 @@ def test_killed_run_resumes_without_loss_or_duplicates(tmp_path, sample_manifest
 
     real = readers.read_input
 
-    def dying(path):
-        for i, s in enumerate(real(path)):
+    def dying(path, *args):
+        for i, s in enumerate(real(path, *args)):
             if i == 13:
                 raise KeyboardInterrupt("SIGINT in the middle of shard 00002")
             yield s

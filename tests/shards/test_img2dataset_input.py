@@ -85,7 +85,13 @@ def test_scene_truth_travels_from_the_url_list_through_ingest_and_assembly(tmp_p
     n = 6
     with serve(tmp_path / "list" / "www") as base:
         url_list = make_url_list(tmp_path / "list", base, n=n, bad_rows=True, scenes=True, seed=4)
-        cfg = IngestConfig(url_list=str(url_list), image_size=32, threads=4, timeout=5)
+        cfg = IngestConfig(
+            url_list=str(url_list),
+            image_size=32,
+            threads=4,
+            timeout=5,
+            allowed_networks=["127.0.0.1/32"],  # the test server; refused by default
+        )
         work = tmp_path / "work"
         summary = prepare_url_list(cfg, work)
         assert "truth" in summary["extra_columns"]
@@ -118,7 +124,8 @@ def test_ingest_keeps_a_jsonl_lists_truth_object_as_json_text(tmp_path):
         {"url": "http://127.0.0.1:1/b.png", "caption": "b"},
     ]
     (tmp_path / "urls.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    summary = prepare_url_list(IngestConfig(url_list=str(tmp_path / "urls.jsonl")), tmp_path / "w")
+    cfg = IngestConfig(url_list=str(tmp_path / "urls.jsonl"), allowed_networks=["127.0.0.1/32"])
+    summary = prepare_url_list(cfg, tmp_path / "w")
     assert summary["extra_columns"] == ["truth"]
     saved = pq.read_table(tmp_path / "w" / "urls.parquet").to_pylist()
     assert [r["truth"] for r in saved] == ['{"b": 1, "objects": []}', None]
