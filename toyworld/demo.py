@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     from toyworld.heldout import make_heldout_shards
 
     _step(1, f"{args.images} toy scenes and a URL list (with bad rows), served from 127.0.0.1")
-    for family in CAPTIONERS:
+    for family in CAPTIONERS.values():
         held = json.loads((WEIGHTS / family / "heldout.json").read_text())
         acc = held.get("vllm") or held.get("transformers") or {}
         right, wrong = 100 * acc.get("correct", 0), 100 * acc.get("hallucinated", 0)
