@@ -65,11 +65,16 @@ def init_ray(cfg: RecaptionConfig) -> None:
     # engines' threads share the real cores; Ray's count only decides what may be scheduled).
     # (+1: an assembly or decode task alongside.)
     need = sum(m.replicas * m.cpus_per_replica for m in cfg.models) + cfg.decode_cpus + 1
+    # LONGCAP_RAY_NODE_IP: the address of the local cluster's node. Ray's default is the
+    # machine's outward address (it turns 127.0.0.1 into that too); 127.0.0.2 keeps every
+    # connection of a one-machine run on loopback (the tests set it).
+    node_ip = os.environ.get("LONGCAP_RAY_NODE_IP")
     ray.init(
         address="local",  # never a stale cluster file left by a crashed run
         num_cpus=max(os.cpu_count() or 1, int(need + 0.999)),
         namespace=NAMESPACE,
         include_dashboard=False,
+        **({"_node_ip_address": node_ip} if node_ip else {}),
     )
 
 

@@ -22,6 +22,12 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # The test clusters listen on 127.0.0.1 only: run them, and their clients, without auth.
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+# Ray turns a node address of 127.0.0.1 into the machine's outward address (its
+# resolve_ip_for_localhost), and its processes then connect to each other there. Tests connect
+# to 127.0.0.0/8 only: every test cluster, the ray_head fixture's and the local ones that
+# `pipeline.recaption.init_ray` starts, runs on 127.0.0.2, which Ray keeps as given.
+RAY_NODE_IP = "127.0.0.2"
+os.environ.setdefault("LONGCAP_RAY_NODE_IP", RAY_NODE_IP)
 
 
 @pytest.fixture
@@ -77,7 +83,8 @@ def _wait_for_job_agent(ray_bin: Path, dashboard: str, env: dict, head, deadline
 
 @pytest.fixture(scope="session")
 def ray_head(tmp_path_factory):
-    """`ray start --head --block` on 127.0.0.1 with free ports, ended after the session.
+    """`ray start --head --block` on 127.0.0.2 (dashboard on 127.0.0.1) with free ports, ended
+    after the session.
 
     --block keeps the head in one process we own, so ending it stops only this cluster (a
     `ray stop` would stop every Ray of the user)."""
@@ -88,7 +95,7 @@ def ray_head(tmp_path_factory):
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
     cmd = [
         str(ray_bin), "start", "--head", "--block", "--num-cpus", "4", "--port", str(port),
-        "--node-ip-address", "127.0.0.1", "--dashboard-host", "127.0.0.1",
+        "--node-ip-address", RAY_NODE_IP, "--dashboard-host", "127.0.0.1",
         "--dashboard-port", str(dash), "--temp-dir", str(temp), "--disable-usage-stats",
     ]  # fmt: skip
     log = open(temp / "head.log", "w")
@@ -107,7 +114,7 @@ def ray_head(tmp_path_factory):
                 pytest.fail(f"ray head did not start: {(temp / 'head.log').read_text()[-2000:]}")
             time.sleep(1)
     _wait_for_job_agent(ray_bin, dashboard, env, head, time.time() + 120)
-    yield {"address": f"127.0.0.1:{port}", "dashboard": dashboard, "env": env}
+    yield {"address": f"{RAY_NODE_IP}:{port}", "dashboard": dashboard, "env": env}
     head.terminate()
     try:
         head.wait(timeout=60)
