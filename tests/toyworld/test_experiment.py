@@ -15,9 +15,11 @@ KEYS = {"long_i2t_r1", "long_t2i_r1", "short_i2t_r1", "short_t2i_r1"}
 
 def test_variants_are_the_three_of_lotlip_and_the_sweep():
     assert ex.variant_config("short") == {"long_texts": 0, "corner_tokens": 0}
-    assert ex.variant_config("long") == {"corner_tokens": 0}
-    assert ex.variant_config("lotlip") == {"corner_tokens": 2}
-    assert ex.variant_config("k4") == {"corner_tokens": 2, "text_mode": "k", "subcaptions": 4}
+    k4 = {"text_mode": "k", "subcaptions": 4}
+    assert ex.variant_config("long") == {"corner_tokens": 0, **k4}
+    assert ex.variant_config("lotlip") == {"corner_tokens": 2, **k4}
+    assert ex.variant_config("k2") == {"corner_tokens": 2, "text_mode": "k", "subcaptions": 2}
+    assert ex.variant_config("fill") == {"corner_tokens": 2, "text_mode": "fill"}
     with pytest.raises(ValueError, match="no variant 'medium'"):
         ex.variant_config("medium")
 
@@ -61,7 +63,7 @@ def test_quick_experiment_through_the_cli(tmp_path, capsys):
     assert set(res["variants"]) == {"short", "long", "lotlip"}
     for v in res["variants"].values():
         assert KEYS <= set(v) and all(0.0 <= x <= 100.0 for x in v.values())
-    assert set(res["sweep_long_i2t_r1"]) == {"0", "fill"}
+    assert set(res["sweep_long_i2t_r1"]) == {"0", "4"}
     assert (out / "results.png").stat().st_size > 1000
     # Both captioners wrote captions the scorer reads back, on images that went through the
     # whole pipeline.
