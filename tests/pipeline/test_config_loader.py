@@ -36,7 +36,10 @@ def _build_yaml(tmp_path, **sections):
         ),
         ({"verify_images": "no"}, "assemble.verify_images: must be true or false, got 'no'"),
         ({"formats": "tar"}, "assemble.formats: must be a list of non-empty strings"),
-        ({"batchsize": 3}, "assemble: unknown field(s) ['batchsize']; known: ['batch_size'"),
+        (
+            {"batchsize": 3},
+            "assemble: unknown field(s) ['batchsize']; known: ['allow_paths_outside', 'batch_size'",
+        ),
         ({"captions": "x"}, "assemble: unknown field(s) ['captions']"),  # a build sets it
     ],
 )

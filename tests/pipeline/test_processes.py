@@ -64,4 +64,6 @@ def test_start_ingest_ties_img2dataset_to_the_driver(tmp_path, monkeypatch):
 
     monkeypatch.setattr(ingest, "popen_tied", fake_popen)
     ingest.start_ingest(ingest.IngestConfig(url_list="u.csv"), tmp_path, []).wait()
-    assert Path(seen["cmd"][0]).name == "img2dataset" and "--url_list" in seen["cmd"]
+    # img2dataset runs with its fetch replaced by the URL policy's (pipeline.safe_download).
+    assert seen["cmd"][:3] == [sys.executable, "-m", "pipeline.safe_download"]
+    assert "--url_list" in seen["cmd"]
