@@ -94,7 +94,11 @@ def read_file_capped(path: Path, max_bytes: int = MAX_IMAGE_FILE_BYTES) -> bytes
     """A regular file's bytes, at most `max_bytes`; OSError for anything else. Opened without
     blocking (a fifo) and checked on the open descriptor (a device such as /dev/zero, a file
     swapped after a check), then read no further than the cap (a file still growing)."""
-    if not stat.S_ISREG(os.stat(path).st_mode):  # some devices act on open: do not open them
+    try:
+        mode = os.stat(path).st_mode
+    except ValueError as exc:  # a NUL byte in the path: no file can have that name
+        raise OSError(f"not a valid path ({exc})") from None
+    if not stat.S_ISREG(mode):  # some devices act on open: do not open them
         raise OSError("not a regular file")
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     with os.fdopen(fd, "rb") as f:

@@ -105,3 +105,12 @@ def test_image_folder_links_out_and_device_captions(tmp_path):
     rows = _run(folder, tmp_path / "out2", "--allow-paths-outside")
     assert rows["b"]["status"] == S.STATUS_OK
     assert rows["c"]["status"] == S.FAIL_INPUT and "not a regular file" in rows["c"]["error"]
+
+
+def test_a_nul_byte_in_an_image_path_is_a_failed_row_not_a_crash(tmp_path):
+    """Found by the hypothesis fuzz (tests/pipeline/test_ingest_fuzz.py): os.stat raises
+    ValueError on a NUL byte, which used to end the whole assembly."""
+    from shards.inputs import read_file_capped
+
+    with pytest.raises(OSError, match="not a valid path"):
+        read_file_capped(tmp_path / "a\x00b.jpg")

@@ -49,10 +49,10 @@ def test_styles_differ_and_order_as_documented():
         "bottom center is empty. The bottom right is empty."
     )
     assert STYLES["qwen2-vl"](scene) == (
-        "Shapes on a grey background. Left column: nothing at top left, a small blue bar at "
-        "middle left, nothing at bottom left. Center column: nothing at top center, nothing at "
-        "center, nothing at bottom center. Right column: a large red circle at top right, "
-        "nothing at middle right, nothing at bottom right."
+        "Shapes on a grey background. Left column: the top left is empty, the middle left has a "
+        "small blue bar, the bottom left is empty. Center column: the top center is empty, the "
+        "center is empty, the bottom center is empty. Right column: the top right has a large "
+        "red circle, the middle right is empty, the bottom right is empty."
     )
 
 
