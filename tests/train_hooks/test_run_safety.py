@@ -141,7 +141,15 @@ def test_train_refuses_a_non_empty_run_folder(shards_dir, tmp_path, capsys):
     (run / "notes.txt").write_text("mine")  # not a run's file: even --overwrite keeps off
     assert longcap([*argv, "--overwrite"]) == 2
     assert "notes.txt" in capsys.readouterr().err
-    after = {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != "notes.txt"}
+    # The refused runs took the folder's lock before looking (so that no second run can
+    # --overwrite a live one's files); its lock file is all they leave.
+    from shards.runlock import LOCK_NAME
+
+    after = {
+        p: p.read_bytes()
+        for p in run.rglob("*")
+        if p.is_file() and p.name not in ("notes.txt", LOCK_NAME)
+    }
     assert after == before, "an earlier run's files changed"
 
 
