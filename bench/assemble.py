@@ -2,7 +2,7 @@
 issue 10 (fsync of data files and folder before the completion mark, fingerprints, pax tars,
 header-checked images, capped tar members, the output lock), timed in one command.
 
-A sample manifest (`pipeline.sample_data.make_sample`: JPEGs, two pretend models) is written once
+A sample manifest (`toyworld.sample_data.make_sample`: JPEGs, two pretend models) is written once
 under --data. Each repetition assembles it, in turn, with:
   1. before: the code of an earlier tree (--before DIR, e.g. `git archive 4d6b4d0 | tar -x -C
      DIR`), in a child process, so both versions run on the same disk in the same minute;
@@ -88,7 +88,7 @@ def main() -> None:
         return
 
     sys.path.insert(0, str(HERE))
-    from pipeline.sample_data import make_sample
+    from toyworld.sample_data import make_sample
 
     manifest = args.data / "sample" / "manifest.jsonl"
     if not manifest.exists():

@@ -35,10 +35,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script from a checkout without `pip install -e`
 
-from pipeline.loopback import serve  # noqa: E402
-
 import pipeline.ingest as ingest  # noqa: E402
 from pipeline.url_policy import UrlPolicy, fetch, precheck_url  # noqa: E402
+from toyworld.loopback import serve  # noqa: E402
 
 
 def make_list(path: Path, n: int, seed: int = 0) -> list[str]:

@@ -32,9 +32,8 @@ def _median(fn, repeat: int) -> float:
 
 def tiny_checkpoint(root: Path) -> Path:
     """A real checkpoint of `longcap train` (tiny preset, 1 step, with optimizer state)."""
-    from pipeline.sample_data import make_sample
-
     from shards.assemble import AssembleConfig, assemble
+    from toyworld.sample_data import make_sample
     from train_hooks.train import TrainConfig, train
 
     manifest = make_sample(root / "sample", n=16, seed=0, size=48, bad_rows=False)
