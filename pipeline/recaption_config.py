@@ -41,7 +41,8 @@ class ModelConfig:
     # Run Python code shipped in the model folder (some InternVL checkpoints need it). Off by
     # default: a downloaded model folder is a stranger's code (docs/SECURITY.md).
     trust_remote_code: bool = False
-    # "vllm", or "package.module:Class" for another engine with CaptionEngine's interface
+    # One of recaption.engine.ENGINES ("vllm", "transformers", "openai"), or
+    # "package.module:Class" for another engine with CaptionEngine's interface
     # (`Class(model_cfg)`, `.load_seconds`, `.generate(keys, images)`), e.g. a stand-in in tests.
     engine: str = "vllm"
 
@@ -65,6 +66,7 @@ class RecaptionConfig:
 
 
 def _validate_model(m: ModelConfig, where: str) -> None:
+    from recaption.engine import ENGINES
     from recaption.families import FAMILIES
 
     if m.family not in FAMILIES:
@@ -93,8 +95,8 @@ def _validate_model(m: ModelConfig, where: str) -> None:
         ),
         (
             "engine",
-            m.engine == "vllm" or re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", m.engine),
-            "must be vllm or package.module:Class",
+            m.engine in ENGINES or re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", m.engine),
+            f"must be one of {sorted(ENGINES)} or package.module:Class",
         ),
     ]
     for name, ok, msg in checks:

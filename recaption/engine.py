@@ -66,14 +66,22 @@ def _refuse_remote_code(model_cfg: Any, archs: tuple[str, ...]) -> None:
         )
 
 
+# The engine backends a model config may name (`engine:`), as `module:Class`. Each has
+# CaptionEngine's interface: `Class(model_cfg)`, `.load_seconds`, `.generate(keys, images)` ->
+# one Generation per key, in order. Any other `package.module:Class` is loaded as it is named.
+ENGINES = {
+    "vllm": "recaption.engine:CaptionEngine",
+    "transformers": "recaption.engine_hf:TransformersEngine",
+    "openai": "recaption.engine_openai:OpenAIEngine",
+}
+
+
 def make_engine(model_cfg: Any):
-    """The engine a model config names: vLLM's (CaptionEngine), or `package.module:Class`."""
-    name = getattr(model_cfg, "engine", "vllm")
-    if name == "vllm":
-        return CaptionEngine(model_cfg)
+    """The engine a model config names: one of ENGINES, or `package.module:Class`."""
     import importlib
 
-    module, _, cls = name.partition(":")
+    name = getattr(model_cfg, "engine", "vllm")
+    module, _, cls = ENGINES.get(name, name).partition(":")
     return getattr(importlib.import_module(module), cls)(model_cfg)
 
 
@@ -84,6 +92,7 @@ class Generation:
     raw_text: str
     finish_reason: str | None
     generated_tokens: int
+    prompt_tokens: int = 0  # as the engine counted them (an endpoint's usage), 0 if unknown
 
 
 class CaptionEngine:
