@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from recaption.families import get_family
+from recaption.prompts import prompt_renderer
 
 # vLLM on CPU: run the engine in this process (the actor), keep its KV cache small and let the
 # OS place threads; see shared/ENVIRONMENT.md.
@@ -101,6 +102,8 @@ class CaptionEngine:
     def __init__(self, model_cfg: Any) -> None:
         self.cfg = model_cfg
         self.family = get_family(model_cfg.family)
+        # The checkpoint's chat template when it ships one, else the family's format.
+        self.render_prompt = prompt_renderer(model_cfg)
         on_cpu = model_cfg.gpus_per_replica == 0
         if on_cpu:
             for k, v in CPU_ENV.items():
@@ -155,7 +158,7 @@ class CaptionEngine:
             prompt = choose_prompt(cfg.prompts, cfg.seed, key)
             prompts.append(prompt)
             requests.append(
-                {"prompt": self.family.format_prompt(prompt), "multi_modal_data": {"image": img}}
+                {"prompt": self.render_prompt(prompt), "multi_modal_data": {"image": img}}
             )
             params.append(
                 SamplingParams(
