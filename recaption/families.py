@@ -5,16 +5,19 @@ and the vLLM settings that suit it. When a checkpoint ships its own chat templat
 rendered from that (recaption/prompts.py); the formats below are the fallback for folders that
 ship none, written after the official ones:
 
-- llava-1.5: `{system} USER: <image>\\n{prompt} ASSISTANT:` with Vicuna's system prompt, the
-  original LLaVA's `conv_vicuna_v1` (haotian-liu/LLaVA, llava/conversation.py, `conv_vicuna_v1`
-  and `conv_templates["llava_v1"]`, the mode its eval scripts and `llava/serve/cli.py` use for
-  v1.5) and the format the model was trained in. The llava-hf conversions
-  (llava-hf/llava-1.5-7b-hf) ship a chat_template.json that drops the system prompt
-  (`USER: <image>\\n{prompt} ASSISTANT:`, as in openvinotoolkit/openvino.genai
-  src/cpp/src/tokenizer/chat_template_fallback_map.hpp, "llava-1.5 ... chat_template.json"):
-  those checkpoints are rendered from their template, as their model card shows; a folder with
-  no template (a conversion such as ShareGPT4V's, which also uses `conv_vicuna_v1`) gets the
-  original format. ShareGPT4V's captioner and ShareGPT4V-7B are LLaVA-1.5 models.
+- llava-1.5: `{system} USER: <image>\n{prompt} ASSISTANT:` with Vicuna v1's system prompt: the
+  format LLaVA-1.5 was trained and evaluated in (haotian-liu/LLaVA @c121f04,
+  llava/conversation.py line 242 `conv_vicuna_v1`, SeparatorStyle.TWO with sep " ";
+  scripts/v1_5/finetune.sh `--version v1`; scripts/v1_5/eval/*.sh `--conv-mode vicuna_v1`).
+  The llava-hf conversions (llava-hf/llava-1.5-7b-hf, the layout vLLM loads) ship a
+  chat_template.json without the system prompt (`USER: <image>\n{prompt} ASSISTANT:`, as
+  their model card prompts and openvinotoolkit/openvino.genai
+  src/cpp/src/tokenizer/chat_template_fallback_map.hpp records for "llava-1.5 ...
+  chat_template.json"): a checkpoint's own template wins, so those run as their publisher
+  documents them; a folder with no template gets the training format (ShareGPT4V's repo keeps
+  the same `conv_vicuna_v1` as its `v1` and default conversation: InternLM/InternLM-XComposer
+  @5d01372, projects/ShareGPT4V/share4v/conversation.py). ShareGPT4V's captioner and
+  ShareGPT4V-7B are LLaVA-1.5 models.
 - qwen2-vl / qwen2.5-vl: ChatML with the default system prompt "You are a helpful assistant." and
   `<|vision_start|><|image_pad|><|vision_end|>` before the text: the chat_template.json of
   Qwen/Qwen2-VL-7B-Instruct and Qwen/Qwen2.5-VL-7B-Instruct (`{% if loop.first and
@@ -47,10 +50,11 @@ _QWEN_TEMPLATE = (
     "<|im_start|>assistant\n"
 )
 
-# Vicuna v1's system prompt, as LLaVA's conv_vicuna_v1 writes it.
+# Vicuna v1's system prompt, as LLaVA's conv_vicuna_v1 writes it ("user", not "human": the
+# older conv_vicuna_v0 and conv_llava_v1 differ).
 LLAVA_SYSTEM = (
-    "A chat between a curious human and an artificial intelligence assistant. "
-    "The assistant gives helpful, detailed, and polite answers to the human's questions."
+    "A chat between a curious user and an artificial intelligence assistant. "
+    "The assistant gives helpful, detailed, and polite answers to the user's questions."
 )
 
 # InternVL's system prompts (conversation.py): InternVL2's (Hermes-2, internlm2-chat,

@@ -98,7 +98,7 @@ def test_known_prompt_formats():
     # checks each against its official source. llava-1.5's carries the original LLaVA's Vicuna
     # system prompt and internvl's InternVL2.5's: official formats, see recaption/families.py.
     llava = get_family("llava-1.5").format_prompt("Hi")
-    assert llava.startswith("A chat between a curious human and an artificial intelligence")
+    assert llava.startswith("A chat between a curious user and an artificial intelligence")
     assert llava.endswith(" USER: <image>\nHi ASSISTANT:")
     qwen = get_family("qwen2-vl").format_prompt("Hi")
     assert "<|vision_start|><|image_pad|><|vision_end|>Hi<|im_end|>" in qwen

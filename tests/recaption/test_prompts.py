@@ -16,10 +16,11 @@ from toyworld.tiny_models import CHAT_TEMPLATES
 Q = "Describe this image in detail."
 
 # The official prompts for one image and Q, as their sources produce them.
-# LLaVA-1.5, original repo: conv_vicuna_v1 (sep " ", sep2 "</s>"), "<image>\n" before the text.
+# LLaVA-1.5, haotian-liu/LLaVA llava/conversation.py conv_vicuna_v1 (SeparatorStyle.TWO, sep " "),
+# "<image>\n" before the text (llava/train/train.py, mm_use_im_start_end off).
 LLAVA_ORIGINAL = (
-    "A chat between a curious human and an artificial intelligence assistant. The assistant "
-    "gives helpful, detailed, and polite answers to the human's questions. "
+    "A chat between a curious user and an artificial intelligence assistant. The assistant "
+    "gives helpful, detailed, and polite answers to the user's questions. "
     f"USER: <image>\n{Q} ASSISTANT:"
 )
 # llava-hf/llava-1.5-7b-hf chat_template.json (and its model card's prompt).
