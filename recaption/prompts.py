@@ -138,7 +138,10 @@ def prompt_renderer(model_cfg: Any) -> PromptRenderer:
         template, name = found
         tok = _load_tokenizer(path, bool(getattr(model_cfg, "trust_remote_code", False)))
         renderer = PromptRenderer(family, "checkpoint", name, template, None, tok, placeholder)
-        renderer("x")  # fail here, at load, not on the first batch
+        try:
+            renderer("x")  # fail here, at load, not on the first batch
+        except ValueError as exc:
+            raise ValueError(f"{path / name}: {exc}") from None
         return renderer
     variant = internvl_format(config) if family.name == "internvl" else None
     detail = family.name if variant is None else f"{family.name}:{variant}"
@@ -178,7 +181,12 @@ def render_chat_template(
             text = render([{"role": "user", "content": content}])
         except Exception:  # noqa: BLE001 - a list-only or string-only template: try the other
             continue
-        if prompt in text and (placeholder is None or placeholder in text):
+        # A string-only template given parts prints them as a Python list: not a prompt.
+        if (
+            prompt in text
+            and "'type':" not in text
+            and (placeholder is None or placeholder in text)
+        ):
             break
         text = None
     if text is None:

@@ -188,6 +188,13 @@ def test_text_only_tokenizer_template_gets_the_placeholder(tmp_path, tokenizer):
     assert render(Q) == f"<|im_start|>user\n<image>\n{Q}<|im_end|>\n<|im_start|>assistant\n"
 
 
+def test_string_only_template_is_not_fed_a_list(tmp_path, tokenizer):
+    # blip-2 has no placeholder: the list of parts must not pass for a prompt.
+    template = "{% for m in messages %}Q: {{ m['content'] }}{% endfor %} A:"
+    root = _folder(tmp_path, tokenizer, ["Blip2ForConditionalGeneration"], template)
+    assert prompt_renderer(_cfg("blip-2", root))(Q) == f"Q: {Q} A:"
+
+
 def test_template_files_in_transformers_order(tmp_path):
     assert find_chat_template(tmp_path) is None
     (tmp_path / "tokenizer_config.json").write_text(
@@ -213,7 +220,7 @@ def test_template_files_in_transformers_order(tmp_path):
 
 def test_template_without_the_image_is_refused_at_load(tmp_path, tokenizer):
     root = _folder(tmp_path, tokenizer, ["LlavaForConditionalGeneration"], "{{ 'nothing' }}")
-    with pytest.raises(ValueError, match="chat_template.json.*one user turn"):
+    with pytest.raises(ValueError, match=r"ckpt/chat_template\.json: .*one user turn"):
         prompt_renderer(_cfg("llava-1.5", root))
 
 
