@@ -8,6 +8,7 @@ sent to the engine in the same order and batches, so on the same hardware the sa
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import random
 import time
@@ -16,6 +17,8 @@ from typing import Any
 
 from recaption.families import get_family
 from recaption.prompts import prompt_renderer
+
+log = logging.getLogger(__name__)
 
 # vLLM on CPU: run the engine in this process (the actor), keep its KV cache small and let the
 # OS place threads; see shared/ENVIRONMENT.md.
@@ -104,6 +107,12 @@ class CaptionEngine:
         self.family = get_family(model_cfg.family)
         # The checkpoint's chat template when it ships one, else the family's format.
         self.render_prompt = prompt_renderer(model_cfg)
+        log.info(
+            "model %s: prompt from the %s (%s)",
+            model_cfg.name,
+            self.render_prompt.source,
+            self.render_prompt.detail,
+        )
         on_cpu = model_cfg.gpus_per_replica == 0
         if on_cpu:
             for k, v in CPU_ENV.items():
