@@ -29,7 +29,7 @@ ship none, written after the official ones:
 - internvl: the checkpoints differ (see INTERNVL_FORMATS). OpenGVLab's own folders
   (`InternVLChatModel`, remote code) name their conversation template in config.json
   (`template`), defined in OpenGVLab/InternVL internvl_chat/internvl/conversation.py (commit
-  2410d1d: `Hermes-2` line 351, `internlm2-chat` 366, `phi3-chat` 380, `internvl2_5` 394),
+  2410d1d: `Hermes-2` line 352, `internlm2-chat` 367, `phi3-chat` 381, `internvl2_5` 395),
   with `<image>\\n` before the question (modeling_internvl_chat.py `chat()`); vLLM expands
   `<image>` to `<img><IMG_CONTEXT>...</img>` (vllm/model_executor/models/internvl.py,
   `get_placeholder_str`). The transformers-native "-hf" releases
