@@ -8,7 +8,8 @@ ship none, written after the official ones:
 - llava-1.5: `{system} USER: <image>\n{prompt} ASSISTANT:` with Vicuna v1's system prompt: the
   format LLaVA-1.5 was trained and evaluated in (haotian-liu/LLaVA @c121f04,
   llava/conversation.py line 242 `conv_vicuna_v1`, SeparatorStyle.TWO with sep " ";
-  scripts/v1_5/finetune.sh `--version v1`; scripts/v1_5/eval/*.sh `--conv-mode vicuna_v1`).
+  scripts/v1_5/finetune.sh `--version v1`; 12 of the 14 scripts/v1_5/eval/*.sh use
+  `--conv-mode vicuna_v1`, the Q-Bench two `llava_v1`).
   The llava-hf conversions (llava-hf/llava-1.5-7b-hf, the layout vLLM loads) ship a
   chat_template.json without the system prompt (`USER: <image>\n{prompt} ASSISTANT:`, as
   their model card prompts and openvinotoolkit/openvino.genai
