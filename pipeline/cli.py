@@ -150,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_build)
 
     p = sub.add_parser("tiny-models", help="create tiny random VLMs for CPU runs and tests")
-    p.add_argument("dir", help="folder; one subfolder per family (llava-1.5, qwen2-vl)")
+    p.add_argument("dir", help="folder; one subfolder per family (llava-1.5, qwen2-vl, ...)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_tiny_models)
 

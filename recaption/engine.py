@@ -8,6 +8,7 @@ sent to the engine in the same order and batches, so on the same hardware the sa
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import random
 import time
@@ -15,6 +16,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from recaption.families import get_family
+from recaption.prompts import prompt_renderer
+
+log = logging.getLogger(__name__)
 
 # vLLM on CPU: run the engine in this process (the actor), keep its KV cache small and let the
 # OS place threads; see shared/ENVIRONMENT.md.
@@ -101,6 +105,14 @@ class CaptionEngine:
     def __init__(self, model_cfg: Any) -> None:
         self.cfg = model_cfg
         self.family = get_family(model_cfg.family)
+        # The checkpoint's chat template when it ships one, else the family's format.
+        self.render_prompt = prompt_renderer(model_cfg)
+        log.info(
+            "model %s: prompt from the %s (%s)",
+            model_cfg.name,
+            self.render_prompt.source,
+            self.render_prompt.detail,
+        )
         on_cpu = model_cfg.gpus_per_replica == 0
         if on_cpu:
             for k, v in CPU_ENV.items():
@@ -155,7 +167,7 @@ class CaptionEngine:
             prompt = choose_prompt(cfg.prompts, cfg.seed, key)
             prompts.append(prompt)
             requests.append(
-                {"prompt": self.family.format_prompt(prompt), "multi_modal_data": {"image": img}}
+                {"prompt": self.render_prompt(prompt), "multi_modal_data": {"image": img}}
             )
             params.append(
                 SamplingParams(

@@ -64,6 +64,7 @@ from pathlib import Path
 from typing import Any
 
 from recaption.families import get_family
+from recaption.prompts import render_chat_template
 from toyworld.scenes import (
     BACKGROUNDS,
     COLORS,
@@ -78,6 +79,7 @@ from toyworld.styles import STYLES, accuracy
 from toyworld.tiny_models import (
     _LLAVA_SPECIALS,
     _QWEN_SPECIALS,
+    CHAT_TEMPLATES,
     llava_config,
     llava_processor,
     llava_tokenizer,
@@ -143,8 +145,17 @@ def _corpus(family: str, n: int = 3000, seed: int = 7) -> list[str]:
     rng = random.Random(seed)
     style = STYLES[family]
     texts = [style(sample_scene(rng)) for _ in range(n)]
-    prompts = [get_family(family).format_prompt(p) for p in PROMPTS]
+    prompts = [chat_prompt(family, p) for p in PROMPTS]
     return texts + prompts * 50
+
+
+def chat_prompt(family: str, prompt: str) -> str:
+    """The prompt as the recaption engine renders it for a captioner saved here: from the chat
+    template its checkpoint ships (toyworld.tiny_models.CHAT_TEMPLATES), so training and
+    recaptioning see the same text."""
+    return render_chat_template(
+        CHAT_TEMPLATES[family], prompt, placeholder=get_family(family).image_placeholder
+    )
 
 
 def build(family: str, spec: dict[str, Any] | None = None, seed: int = 0):
@@ -192,10 +203,9 @@ def serve_like(scene: Scene, rng: random.Random, size: int | None = None, jpeg: 
 
 def make_batch(family: str, processor, scenes: list[Scene], rng: random.Random, images=None):
     """Processor inputs plus `labels` (caption and end token only; prompt, image, pad: -100)."""
-    fam = get_family(family)
     style = STYLES[family]
     images = images or [serve_like(s, rng) for s in scenes]
-    prompts = [fam.format_prompt(rng.choice(PROMPTS)) for _ in scenes]
+    prompts = [chat_prompt(family, rng.choice(PROMPTS)) for _ in scenes]
     sep = " " if family == "llava-1.5" else ""  # llava: "ASSISTANT: caption"; qwen: after "\n"
     eos = processor.tokenizer.eos_token
     texts = [p + sep + style(s) + eos for p, s in zip(prompts, scenes, strict=True)]
@@ -219,7 +229,6 @@ def generate(family: str, model, processor, images, prompt: str = PROMPTS[0], ma
     """Greedy captions from transformers for PIL images (the held-out check's reference path)."""
     import torch
 
-    fam = get_family(family)
     tok = processor.tokenizer
     tok.padding_side = "left"
     out = []
@@ -228,7 +237,7 @@ def generate(family: str, model, processor, images, prompt: str = PROMPTS[0], ma
         chunk = images[i : i + 50]
         inputs = processor(
             images=chunk,
-            text=[fam.format_prompt(prompt)] * len(chunk),
+            text=[chat_prompt(family, prompt)] * len(chunk),
             return_tensors="pt",
             padding=True,
         )

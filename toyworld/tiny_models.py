@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-TINY_FAMILIES = ("llava-1.5", "qwen2-vl")
+TINY_FAMILIES = ("llava-1.5", "qwen2-vl", "qwen2.5-vl", "blip-2", "internvl")
 _VOCAB = 2048
 _LLAVA_SPECIALS = ["<unk>", "<s>", "</s>", "<image>", "<pad>"]
 _QWEN_SPECIALS = [
@@ -82,19 +82,44 @@ def qwen_tokenizer(tokenizer_object):
     )
 
 
+# The chat templates the real checkpoints ship, so a tiny model's prompt is rendered the way the
+# real one's is (recaption/prompts.py). llava-hf/llava-1.5-7b-hf chat_template.json: no system
+# prompt, images first, "ASSISTANT:" to generate.
 _LLAVA_CHAT = (
-    "{% for m in messages %}{% if m['role'] == 'user' %}USER: "
-    "{% for c in m['content'] %}{% if c['type'] == 'image' %}<image>\n{% else %}{{ c['text'] }}"
-    "{% endif %}{% endfor %} {% else %}ASSISTANT: {{ m['content'][0]['text'] }}</s>{% endif %}"
-    "{% endfor %}{% if add_generation_prompt %}ASSISTANT:{% endif %}"
+    "{% for message in messages %}{% if message['role'] != 'system' %}"
+    "{{ message['role'].upper() + ': '}}{% endif %}"
+    "{# Render all images first #}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}"
+    "{{ '<image>\n' }}{% endfor %}"
+    "{# Render all text next #}{% if message['role'] != 'assistant' %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}"
+    "{{ content['text'] + ' '}}{% endfor %}{% else %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}"
+    "{% generation %}{{ content['text'] + ' '}}{% endgeneration %}{% endfor %}{% endif %}"
+    "{% endfor %}{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
 )
+# Qwen/Qwen2-VL-7B-Instruct chat_template.json: ChatML, "You are a helpful assistant." unless the
+# conversation brings its own system turn.
 _QWEN_CHAT = (
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n"
-    "{% if m['content'] is string %}{{ m['content'] }}{% else %}{% for c in m['content'] %}"
-    "{% if c['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
-    "{% else %}{{ c['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}"
+    "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}"
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n{% if message['content'] is string %}"
+    "{{ message['content'] }}<|im_end|>\n{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
+    "{% set image_count.value = image_count.value + 1 %}"
+    "{% if add_vision_id %}Picture {{ image_count.value }}: {% endif %}"
+    "<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif content['type'] == 'video' or 'video' in content %}"
+    "{% set video_count.value = video_count.value + 1 %}"
+    "{% if add_vision_id %}Video {{ video_count.value }}: {% endif %}"
+    "<|vision_start|><|video_pad|><|vision_end|>"
+    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n"
+    "{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
+
+# family -> the chat template its tiny checkpoint ships (filled in below as builders are added).
+CHAT_TEMPLATES = {"llava-1.5": _LLAVA_CHAT, "qwen2-vl": _QWEN_CHAT}
 
 
 def _seed_all(seed: int) -> None:
@@ -282,7 +307,15 @@ def make_qwen2_vl(out: Path, seed: int = 0) -> Path:
 
 def make_tiny_models(root: str | Path, families=TINY_FAMILIES, seed: int = 0) -> dict[str, Path]:
     """Create the tiny models under root; returns family -> folder."""
-    builders = {"llava-1.5": make_llava, "qwen2-vl": make_qwen2_vl}
+    from toyworld.tiny_vlms import make_blip2, make_internvl, make_qwen2_5_vl
+
+    builders = {
+        "llava-1.5": make_llava,
+        "qwen2-vl": make_qwen2_vl,
+        "qwen2.5-vl": make_qwen2_5_vl,
+        "blip-2": make_blip2,
+        "internvl": make_internvl,
+    }
     root = Path(root)
     made = {}
     for fam in families:
