@@ -67,8 +67,23 @@ def _cmd_build(args: argparse.Namespace) -> int:
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
-    from pipeline.plan import format_plan, run_plan, write_plan
+    from pipeline.plan import PlanError, format_plan, replan, run_plan, write_plan
 
+    if args.measured:
+        if args.config or args.sample:
+            raise PlanError("--measured reuses an earlier measurement: drop --config and --sample")
+        plan = replan(
+            args.measured,
+            target_images=args.target_images,
+            gpus=args.gpus,
+            gpu_hour_price=args.gpu_hour_price,
+            engine_rates=args.engine_rate,
+        )
+        print(format_plan(plan))
+        print(f"plan: {write_plan(plan, args.out)}")
+        return 0
+    if not args.config or args.sample is None:
+        raise PlanError("pass --config and --sample (or --measured PLAN_JSON)")
     plan = run_plan(
         args.config,
         sample=args.sample,
@@ -172,8 +187,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="measure the configured models on N of your images and predict GPU-hours, wall "
         "time, CPU cores, storage and cost of the full run (docs/SCALING.md)",
     )
-    p.add_argument("--config", required=True, help="run.yaml (recaption) or build.yaml")
-    p.add_argument("--sample", type=int, required=True, metavar="N", help="images to measure on")
+    p.add_argument("--config", help="run.yaml (recaption) or build.yaml")
+    p.add_argument("--sample", type=int, metavar="N", help="images to measure on")
+    p.add_argument(
+        "--measured",
+        metavar="PLAN_JSON",
+        help="predict again from an earlier plan.json's measurements (no --config, no engines)",
+    )
     p.add_argument(
         "--target-images", type=int, required=True, metavar="M", help="images of the full run"
     )

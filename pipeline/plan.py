@@ -18,6 +18,7 @@ import datetime
 import gc
 import json
 import math
+import os
 import random
 import tarfile
 import tempfile
@@ -68,9 +69,8 @@ def load_plan_config(path: str | Path) -> tuple[RecaptionConfig, AssembleConfig]
     return load_config(p), AssembleConfig()
 
 
-def parse_engine_rates(items: list[str], models: list[ModelConfig]) -> dict[str, float]:
-    """`NAME=IMG_PER_S` pairs (--engine-rate) for models named in the config."""
-    names = [m.name for m in models]
+def parse_engine_rates(items: list[str], names: list[str]) -> dict[str, float]:
+    """`NAME=IMG_PER_S` pairs (--engine-rate) for the models named in the config."""
     rates: dict[str, float] = {}
     for item in items:
         name, sep, value = item.partition("=")
@@ -222,6 +222,9 @@ def _measure_model(m: ModelConfig, decoded, rec: Path, where: str) -> dict[str, 
     from recaption.units import unit_path, unit_record, write_unit
     from shards.tokens import count_tokens
 
+    # As the recaption job sets for its actors: vLLM logs every step otherwise (and its CPU
+    # worker warns about thread binding at every step), burying the plan. Read at vLLM's import.
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING" if m.gpus_per_replica else "ERROR")
     t0 = time.perf_counter()
     try:
         worker = EngineWorker(m)
@@ -540,14 +543,9 @@ def run_plan(
     its captions per model, its dataset shard) instead of a temporary one."""
     if sample < 1:
         raise PlanError(f"--sample {sample}: must be at least 1 image")
-    if target_images < 1:
-        raise PlanError(f"--target-images {target_images}: must be at least 1 image")
-    if gpus is not None and gpus < 1:
-        raise PlanError(f"--gpus {gpus}: must be at least 1")
-    if gpu_hour_price is not None and not gpu_hour_price >= 0:
-        raise PlanError(f"--gpu-hour-price {gpu_hour_price}: must be >= 0")
+    _check_flags(target_images, gpus, gpu_hour_price)
     cfg, assemble_cfg = load_plan_config(config)
-    rates = parse_engine_rates(engine_rates or [], cfg.models)
+    rates = parse_engine_rates(engine_rates or [], [m.name for m in cfg.models])
     try:
         drawn = draw_sample(cfg, sample, seed)
     except InputError as exc:
@@ -572,6 +570,52 @@ def run_plan(
         "target_images": target_images,
         "gpu_hour_price": gpu_hour_price,
         "measured": measured,
+        "predicted": predicted,
+        "warnings": warnings,
+    }
+
+
+def _check_flags(target_images: int, gpus: int | None, price: float | None) -> None:
+    if target_images < 1:
+        raise PlanError(f"--target-images {target_images}: must be at least 1 image")
+    if gpus is not None and gpus < 1:
+        raise PlanError(f"--gpus {gpus}: must be at least 1")
+    if price is not None and not price >= 0:
+        raise PlanError(f"--gpu-hour-price {price}: must be >= 0")
+
+
+def replan(
+    previous: str | Path,
+    target_images: int,
+    gpus: int | None = None,
+    gpu_hour_price: float | None = None,
+    engine_rates: list[str] | None = None,
+) -> dict[str, Any]:
+    """A new prediction from an earlier plan.json's measurements (no engine runs): another
+    target, cluster, price, or engine rates measured on a GPU since."""
+    _check_flags(target_images, gpus, gpu_hour_price)
+    path = Path(previous)
+    try:
+        old = json.loads(path.read_text())
+        measured = old["measured"]
+        names = list(measured["models"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise PlanError(
+            f"--measured {path}: not a plan.json written by longcap plan ({exc})"
+        ) from None
+    if old.get("longcap_plan_version") != PLAN_VERSION:
+        raise PlanError(
+            f"--measured {path}: plan version {old.get('longcap_plan_version')!r}, this longcap "
+            f"reads {PLAN_VERSION}; measure again with --config"
+        )
+    rates = parse_engine_rates(engine_rates or [], names)
+    predicted, warnings = predict(measured, target_images, gpus, gpu_hour_price, rates)
+    return {
+        **old,
+        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "measured_from": str(path.resolve()),
+        "target_images": target_images,
+        "gpu_hour_price": gpu_hour_price,
         "predicted": predicted,
         "warnings": warnings,
     }
@@ -657,6 +701,7 @@ __all__ = [
     "measure",
     "parse_engine_rates",
     "predict",
+    "replan",
     "run_plan",
     "write_plan",
 ]

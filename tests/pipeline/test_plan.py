@@ -305,3 +305,27 @@ def test_plan_with_a_tiny_vllm_model(tmp_path, tiny_models):
         gpu_hours["value"], 100000 * 11 / 12 / m["images_per_s"] / 3600, rel_tol=1e-9
     )
     assert any("engine rate measured on CPU" in w for w in plan["warnings"])
+
+
+def test_replan_from_an_earlier_measurement(stub_plan, tmp_path, capsys):
+    """--measured predicts again (another target, cluster, rates) without running engines."""
+    plan, _, _ = stub_plan
+    first = tmp_path / "first.json"
+    first.write_text(json.dumps(plan))
+    out = tmp_path / "again.json"
+    argv = ["plan", "--measured", str(first), "--target-images", str(2 * TARGET)]
+    argv += ["--gpus", "30", "--engine-rate", "b=50", "--out", str(out)]
+    assert main(argv) == 0
+    again = json.loads(out.read_text())
+    assert again["measured"] == plan["measured"]
+    expected, _ = predict(plan["measured"], 2 * TARGET, 30, None, {"b": 50.0})
+    assert again["predicted"] == expected
+    assert again["predicted"]["models"]["b"]["engine_images_per_s"]["value"] == 50.0
+
+    rc, err = _run(["--measured", str(first), "--config", "x.yaml", "--target-images", "5"], capsys)
+    assert rc == 2 and "drop --config" in err
+    (tmp_path / "junk.json").write_text("{}")
+    rc, err = _run(["--measured", str(tmp_path / "junk.json"), "--target-images", "5"], capsys)
+    assert rc == 2 and "not a plan.json" in err
+    rc, err = _run(["--target-images", "5"], capsys)
+    assert rc == 2 and "pass --config and --sample" in err
