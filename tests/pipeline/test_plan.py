@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from pipeline.cli import main
-from pipeline.plan import predict
+from pipeline.plan_predict import predict
 from tests.recaption.conftest import make_input_shards
 
 STUB = "tests.pipeline.plan_stub_engine:CuttingEngine"
