@@ -96,6 +96,8 @@ def draw_sample(cfg: RecaptionConfig, n: int, seed: int = 0) -> Sample:
     names = shard_names(root)
     if cfg.shards is not None:
         names = [s for s in names if s in set(cfg.shards)]
+        if not names:
+            raise PlanError(f"shards: none of {cfg.shards} is a shard of {root}")
     random.Random(seed).shuffle(names)
     per_shard = math.ceil(n / min(len(names), MAX_SHARDS_SPREAD))
     out, spare, seen = Sample(), [], set()
@@ -181,6 +183,12 @@ def measure(
         t0 = time.perf_counter()
         decoded[size] = decode_shard(str(inp), SAMPLE_SHARD, size)
         seconds = max(time.perf_counter() - t0, 1e-9)
+        if not decoded[size].keys:
+            first = next(iter(decoded[size].failures.values()))
+            raise PlanError(
+                f"input: none of the {len(sample.samples)} sampled images of {cfg.input} "
+                f"decodes ({first[0]}: {first[1]}); check the input shards"
+            )
         decode[str(size)] = {
             "images": len(decoded[size].keys),
             "failures": len(decoded[size].failures),

@@ -146,6 +146,12 @@ def predict(
             gpus_per_replica=need[name],
         )
         wall[name] = p["wall_hours"]["value"]
+    used = sum(p["replicas_on_gpus"] * need[k] for k, p in per_model.items())
+    if used > g:
+        warnings.append(
+            f"{g:g} GPUs cannot keep the config's split with one replica of every model: the "
+            f"replicas above need {used:g}; the wall time assumes they all run"
+        )
     slowest = max(wall, key=wall.get)
     predicted = {
         "models": per_model,

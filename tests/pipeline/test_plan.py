@@ -238,6 +238,19 @@ def test_bad_inputs(tmp_path, capsys):
     write_i2d_shard(empty, "00000", [], failed)
     rc, err = _run(["--config", str(_config(tmp_path, empty)), "--sample", "1", *common], capsys)
     assert rc == 2 and "hold no images" in err and str(empty) in err
+    broken = tmp_path / "broken"
+    bad_jpegs = [
+        {"key": f"00000000{i}", "url": "http://127.0.0.1/x", "caption": "x", "jpg": b"no jpeg"}
+        for i in range(2)
+    ]
+    write_i2d_shard(broken, "00000", bad_jpegs, [])
+    rc, err = _run(["--config", str(_config(tmp_path, broken)), "--sample", "2", *common], capsys)
+    assert rc == 2 and "none of the 2 sampled images" in err and "decodes" in err
+    only = _config(tmp_path, input_dir)
+    data = yaml.safe_load(only.read_text())
+    only.write_text(yaml.safe_dump({**data, "shards": ["00009"]}))
+    rc, err = _run(["--config", str(only), "--sample", "2", *common], capsys)
+    assert rc == 2 and "shards: none of ['00009']" in err
     (tmp_path / "none").mkdir()
     none = _config(tmp_path, tmp_path / "none")
     rc, err = _run(["--config", str(none), "--sample", "1", *common], capsys)
