@@ -58,6 +58,15 @@ def stub_plan(tmp_path_factory):
     return json.loads(out.read_text()), input_dir, tmp / "work"
 
 
+def _gpu_visible() -> bool:
+    """Model "a" has gpus_per_replica 1: the plan calls it measured on a GPU where one is."""
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
 def _evaluate(formula: str, inputs: dict) -> float:
     """A formula's value from its own inputs (a dict input stands for its values)."""
     env = {k: list(v.values()) if isinstance(v, dict) else v for k, v in inputs.items()}
@@ -84,7 +93,8 @@ def test_plan_json_shape(stub_plan):
     for m in me["models"].values():
         for key in ("images_per_s", "generated_tokens_per_image", "cut_share", "load_seconds"):
             assert isinstance(m[key], float | int)
-        assert m["measured_on"] == "cpu"
+    assert me["models"]["a"]["measured_on"] == ("gpu" if _gpu_visible() else "cpu")
+    assert me["models"]["b"]["measured_on"] == "cpu"  # gpus_per_replica 0
     assert set(pr["models"]) == {"a", "b"}
     for key in ("gpu_hours", "wall_hours", "wall_hours_balanced", "cpu_cores_per_gpu", "cost"):
         assert set(pr[key]) == {"value", "unit", "formula", "inputs"}
@@ -160,7 +170,8 @@ def test_measured_counts_match_the_captions(stub_plan):
     warnings = "\n".join(plan["warnings"])
     assert "a: 3 of 17 captions (18%) stopped at max_tokens (14)" in warnings
     assert "b: engine rate measured on CPU" in warnings
-    assert "a: engine rate measured on CPU" in warnings  # gpus_per_replica 1, but no GPU here
+    # gpus_per_replica 1: a CPU rate only where no GPU is visible.
+    assert ("a: engine rate measured on CPU" in warnings) is not _gpu_visible()
 
 
 def test_scaling_with_target_and_gpus(stub_plan):
