@@ -108,14 +108,13 @@ def draw_sample(cfg: RecaptionConfig, n: int, seed: int = 0) -> Sample:
             if s.status != S.STATUS_OK or load_image_bytes(s)[0] is None or s.key in seen:
                 continue
             out.images += 1
-            if len(out.samples) + len(spare) >= n:
-                continue
-            seen.add(s.key)
             if taken < per_shard and len(out.samples) < n:
+                seen.add(s.key)
                 out.samples.append(s)
                 taken += 1
-            else:
-                spare.append(s)  # used only if later shards fall short
+            elif len(spare) < n - len(out.samples):
+                seen.add(s.key)
+                spare.append(s)  # used only if the other shards fall short
         out.shards.append(name)
         out.shard_bytes += sum(
             f.stat().st_size

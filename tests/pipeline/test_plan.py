@@ -213,6 +213,36 @@ def _run(argv: list[str], capsys) -> tuple[int, str]:
     return rc, capsys.readouterr().err
 
 
+def test_sample_stops_reading_once_full(tmp_path):
+    """Eight shards, N = 8: two images from each of the first four shards in the seeded
+    order, and no shard read past those four."""
+    from pipeline.plan import draw_sample
+    from pipeline.recaption_config import load_config
+
+    input_dir = make_input_shards(tmp_path / "in", shards=8, per_shard=5)
+    cfg = load_config(_config(tmp_path, input_dir))
+    sample = draw_sample(cfg, 8, seed=3)
+    assert len(sample.shards) == 4 and sample.rows == 4 * 5 + ("00001" in sample.shards)
+    shards = sorted(s.key[:5] for s in sample.samples)
+    assert shards == sorted(sample.shards * 2)
+    assert draw_sample(cfg, 8, seed=3).shards == sample.shards  # the seed decides
+    # Uneven shards: what one cannot give comes from another one already read.
+    from tests.shards.helpers import jpeg_bytes, write_i2d_shard
+
+    uneven = tmp_path / "uneven"
+    for name, count in (("00000", 1), ("00001", 5)):
+        rows = [
+            {"key": f"{name}{i:04d}", "url": "http://127.0.0.1/x", "caption": "x",
+             "jpg": jpeg_bytes(color=(9, 9, 9), size=(16, 16))}
+            for i in range(count)
+        ]  # fmt: skip
+        write_i2d_shard(uneven, name, rows, [])
+    cfg = load_config(_config(tmp_path, uneven))
+    for seed in range(3):
+        keys = sorted(s.key for s in draw_sample(cfg, 4, seed=seed).samples)
+        assert keys == ["000000000", "000010000", "000010001", "000010002"]
+
+
 def test_bad_inputs(tmp_path, capsys):
     input_dir = make_input_shards(tmp_path / "in")
     config = _config(tmp_path, input_dir)
@@ -280,14 +310,19 @@ def test_build_config_uses_its_input_and_assemble_options(tmp_path):
         "assemble": {"formats": ["parquet"]},
     }
     (tmp_path / "build.yaml").write_text(yaml.safe_dump(cfg))
-    out = tmp_path / "plan.json"
+    out, work = tmp_path / "plan.json", tmp_path / "work"
     argv = ["plan", "--config", str(tmp_path / "build.yaml"), "--sample", "6"]
+    argv += ["--keep-work", str(work)]
     assert main([*argv, "--target-images", "10", "--out", str(out)]) == 0
     plan = json.loads(out.read_text())
     assert plan["input"] == str((tmp_path / "build" / "ingest" / "shards").resolve())
     assert plan["measured"]["dataset"]["formats"] == ["parquet"]
-    # The sample is spread over the shards: 6 images, at most 2 from each of the 3.
+    # The sample is spread over the shards: 6 images, 2 from each of the 3.
     assert plan["measured"]["input"]["shards_read"] == 3
+    import pyarrow.parquet as pq
+
+    keys = pq.read_table(work / "input" / "00000.parquet").column("key").to_pylist()
+    assert sorted(k[:5] for k in keys) == ["00000"] * 2 + ["00001"] * 2 + ["00002"] * 2
 
 
 @pytest.mark.slow
