@@ -66,6 +66,39 @@ def _cmd_build(args: argparse.Namespace) -> int:
     return build_main(["--config", args.config] + ["--force-rebuild"] * args.force_rebuild)
 
 
+def _cmd_plan(args: argparse.Namespace) -> int:
+    from pipeline.plan import PlanError, format_plan, replan, run_plan, write_plan
+
+    if args.measured:
+        if args.config or args.sample:
+            raise PlanError("--measured reuses an earlier measurement: drop --config and --sample")
+        plan = replan(
+            args.measured,
+            target_images=args.target_images,
+            gpus=args.gpus,
+            gpu_hour_price=args.gpu_hour_price,
+            engine_rates=args.engine_rate,
+        )
+        print(format_plan(plan))
+        print(f"plan: {write_plan(plan, args.out)}")
+        return 0
+    if not args.config or args.sample is None:
+        raise PlanError("pass --config and --sample (or --measured PLAN_JSON)")
+    plan = run_plan(
+        args.config,
+        sample=args.sample,
+        target_images=args.target_images,
+        gpus=args.gpus,
+        gpu_hour_price=args.gpu_hour_price,
+        engine_rates=args.engine_rate,
+        seed=args.seed,
+        keep_work=args.keep_work,
+    )
+    print(format_plan(plan))
+    print(f"plan: {write_plan(plan, args.out)}")
+    return 0
+
+
 def _cmd_tiny_models(args: argparse.Namespace) -> int:
     from toyworld.tiny_models import make_tiny_models
 
@@ -148,6 +181,47 @@ def build_parser() -> argparse.ArgumentParser:
         "rerun stops, exit 2)",
     )
     p.set_defaults(func=_cmd_build)
+
+    p = sub.add_parser(
+        "plan",
+        help="measure the configured models on N of your images and predict GPU-hours, wall "
+        "time, CPU cores, storage and cost of the full run (docs/SCALING.md)",
+    )
+    p.add_argument("--config", help="run.yaml (recaption) or build.yaml")
+    p.add_argument("--sample", type=int, metavar="N", help="images to measure on")
+    p.add_argument(
+        "--measured",
+        metavar="PLAN_JSON",
+        help="predict again from an earlier plan.json's measurements (no --config, no engines)",
+    )
+    p.add_argument(
+        "--target-images", type=int, required=True, metavar="M", help="images of the full run"
+    )
+    p.add_argument(
+        "--gpus",
+        type=int,
+        default=None,
+        metavar="G",
+        help="GPUs of the cluster (default: the config's replicas x gpus_per_replica)",
+    )
+    p.add_argument("--gpu-hour-price", type=float, default=None, metavar="P", help="per GPU-hour")
+    p.add_argument(
+        "--engine-rate",
+        action="append",
+        default=[],
+        metavar="NAME=IMG_PER_S",
+        help="images/s of one replica of model NAME measured on a GPU (or assumed), used "
+        "instead of the rate measured here; repeat per model",
+    )
+    p.add_argument("--seed", type=int, default=0, help="which shards the sample comes from")
+    p.add_argument("--out", default="plan.json", help="where to write the plan (JSON)")
+    p.add_argument(
+        "--keep-work",
+        metavar="DIR",
+        default=None,
+        help="keep the sample shard, its captions and its dataset shard in DIR (empty or new)",
+    )
+    p.set_defaults(func=_cmd_plan)
 
     p = sub.add_parser("tiny-models", help="create tiny random VLMs for CPU runs and tests")
     p.add_argument("dir", help="folder; one subfolder per family (llava-1.5, qwen2-vl, ...)")
