@@ -3,8 +3,9 @@
 A family fixes how a user prompt and one image become the text prompt the model was trained on,
 and the vLLM settings that suit it. Prompt formats are the ones the public checkpoints use
 (Hugging Face model cards / chat templates):
-- llava-1.5: `USER: <image>\\n{prompt} ASSISTANT:` (llava-hf/llava-1.5-7b-hf). ShareGPT4V's
-  captioner and ShareGPT4V-7B are LLaVA-1.5 models and use the same format.
+- llava-1.5: `USER: <image>\\n{prompt} ASSISTANT:` (llava-hf/llava-1.5-7b-hf).
+- sharegpt4v: ShareGPT4V-7B converted to llava-hf; LLaVA-1.5's format after its vicuna_v1
+  system prompt, as it was trained (recaption/convert_sharegpt4v.py).
 - qwen2-vl / qwen2.5-vl: ChatML with `<|vision_start|><|image_pad|><|vision_end|>` before the text.
 - blip-2: `Question: {prompt} Answer:` (vLLM supports BLIP-2, not InstructBLIP, in 0.32).
 - internvl: ChatML with `<image>\\n` before the text (InternVL2/2.5 chat models). The original
@@ -15,6 +16,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
+
+from recaption.convert_sharegpt4v import SHAREGPT4V_TEMPLATE
 
 _QWEN_TEMPLATE = (
     "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
@@ -80,6 +83,18 @@ FAMILIES: dict[str, Family] = {
             # OpenGVLab's InternVL2/2.5 folders ship their model code; the "-hf" releases
             # (InternVLForConditionalGeneration) are native to transformers and need none.
             remote_code_architectures=("InternVLChatModel",),
+        ),
+        # ShareGPT4V-7B/13B after `longcap convert-sharegpt4v` (recaption/convert_sharegpt4v.py):
+        # a LLaVA-1.5 model prompted in its training format, vicuna_v1 with its system prompt
+        # (InternLM-XComposer projects/ShareGPT4V share4v/conversation.py:253-263, --version v1
+        # in scripts/sharegpt4v/slurm_finetune_7b.sh:32). The released layout is refused by the
+        # config with the command that converts it.
+        Family(
+            "sharegpt4v",
+            ("LlavaForConditionalGeneration",),
+            SHAREGPT4V_TEMPLATE,
+            image_size=336,
+            stop=("</s>", "USER:"),
         ),
     )
 }
