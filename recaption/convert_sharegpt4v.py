@@ -49,8 +49,12 @@ SHAREGPT4V_SYSTEM = (
 )
 # SeparatorStyle.TWO (conversation.py:50-59): system + " ", "USER: " + msg + " ",
 # "ASSISTANT: " + msg + "</s>", and "ASSISTANT:" to generate; the image goes first as
-# "<image>\n" (share4v/eval/run_share4v.py:35-39).
-SHAREGPT4V_TEMPLATE = SHAREGPT4V_SYSTEM + " USER: <image>\n{prompt} ASSISTANT:"
+# "<image>\n" (share4v/eval/run_share4v.py:35-39). One space more after <image> than that
+# string: ShareGPT4V tokenizes the text after the image as a chunk of its own
+# (`tokenizer_image_token`, share4v/mm_utils.py:46-66), where SentencePiece starts the chunk with
+# a lone "▁" (Vicuna's id 29871) before "\n"; vLLM tokenizes the prompt in one piece, and
+# "<image> \n" gives it the same token ids as training and inference saw.
+SHAREGPT4V_TEMPLATE = SHAREGPT4V_SYSTEM + " USER: <image> \n{prompt} ASSISTANT:"
 
 # Every literal is an expression so that Jinja's whitespace control cannot eat a separator.
 CHAT_TEMPLATE = (
@@ -64,7 +68,7 @@ CHAT_TEMPLATE = (
     "{{- 'USER: ' if m['role'] == 'user' else 'ASSISTANT: ' -}}"
     "{%- if m['content'] is string -%}{{- m['content'] -}}{%- else -%}"
     "{%- for c in m['content'] -%}"
-    "{{- '<image>\\n' if c['type'] == 'image' else c['text'] -}}"
+    "{{- '<image> \\n' if c['type'] == 'image' else c['text'] -}}"
     "{%- endfor -%}{%- endif -%}"
     "{{- ' ' if m['role'] == 'user' else '</s>' -}}"
     "{%- endfor -%}"

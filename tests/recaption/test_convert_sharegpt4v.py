@@ -137,9 +137,11 @@ def test_config_and_processor_follow_the_released_config(released, converted):
 def test_chat_template_renders_sharegpt4v_training_format(converted):
     from transformers import AutoProcessor, AutoTokenizer
 
+    # conv_vicuna_v1 (share4v/conversation.py:253-263) with one space after <image>: see
+    # test_prompt_token_ids_match_sharegpt4v_chunked_tokenization.
     expected = (
         "A chat between a curious user and an artificial intelligence assistant. The assistant "
-        "gives helpful, detailed, and polite answers to the user's questions. USER: <image>\n"
+        "gives helpful, detailed, and polite answers to the user's questions. USER: <image> \n"
         f"{PROMPT} ASSISTANT:"
     )
     assert get_family("sharegpt4v").format_prompt(PROMPT) == expected
@@ -156,6 +158,27 @@ def test_chat_template_renders_sharegpt4v_training_format(converted):
     two = proc.apply_chat_template(turns, add_generation_prompt=True)
     assert two == f"{expected} A cat.</s>USER: More? ASSISTANT:"
     assert two.startswith(SHAREGPT4V_SYSTEM + " USER:")
+
+
+def test_prompt_token_ids_match_sharegpt4v_chunked_tokenization(released, converted):
+    """ShareGPT4V tokenizes the conversation string `...USER: <image>\\n{prompt} ASSISTANT:`
+    in chunks split at <image>, keeping the first chunk's BOS only (share4v/mm_utils.py:46-66);
+    the family prompt, tokenized in one piece as vLLM does, must give the same ids."""
+    from transformers import AutoTokenizer
+
+    released_tok = AutoTokenizer.from_pretrained(released["src"])
+    official = get_family("sharegpt4v").format_prompt(PROMPT).replace("<image> \n", "<image>\n")
+    assert official.count("<image>\n") == 1
+    chunks = [released_tok(c).input_ids for c in official.split("<image>")]
+    image_id = AutoTokenizer.from_pretrained(converted["dst"]).convert_tokens_to_ids("<image>")
+    reference = chunks[0] + [image_id] + chunks[1][1:]  # the later chunk's BOS dropped
+    ours = AutoTokenizer.from_pretrained(converted["dst"])(
+        get_family("sharegpt4v").format_prompt(PROMPT)
+    ).input_ids
+    assert ours == reference
+    # The lone "▁" that starts the chunk after the image is what the extra space reproduces.
+    after = reference[reference.index(image_id) + 1]
+    assert released_tok.convert_ids_to_tokens(after) == "\u2581"
 
 
 def _expand2square(img, color):
