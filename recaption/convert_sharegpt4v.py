@@ -507,9 +507,10 @@ def _save_tensors(tensors: dict[str, Any], out: Path) -> int:
     return len(shards)
 
 
-def _processor(src: Path, tower: Path, cfg: dict[str, Any], vision: dict[str, Any], tokenizer):
-    """LlavaProcessor: the tower's image processor settings as a LlavaImageProcessor (which can
-    pad to a square of the mean colour, as ShareGPT4V's `image_aspect_ratio: pad` does)."""
+def _processor(tower: Path, cfg: dict[str, Any], llava: dict[str, Any], tokenizer):
+    """LlavaProcessor for the LlavaConfig fields `llava`: the tower's image processor settings as
+    a LlavaImageProcessor (which can pad to a square of the mean colour, as ShareGPT4V's
+    `image_aspect_ratio: pad` does), the tokenizer and the chat template."""
     from transformers import CLIPImageProcessor, LlavaImageProcessor, LlavaProcessor
 
     if not (tower / "preprocessor_config.json").is_file():
@@ -531,11 +532,9 @@ def _processor(src: Path, tower: Path, cfg: dict[str, Any], vision: dict[str, An
     return LlavaProcessor(
         image_processor=image_processor,
         tokenizer=tokenizer,
-        patch_size=int(vision["patch_size"]),
-        vision_feature_select_strategy=(
-            "default" if cfg.get("mm_vision_select_feature", "patch") == "patch" else "full"
-        ),
-        # CLIP adds a CLS token that the "default" strategy drops: the processor counts it.
+        patch_size=int(llava["vision_config"]["patch_size"]),
+        vision_feature_select_strategy=llava["vision_feature_select_strategy"],
+        # CLIP adds a CLS token (the "default" strategy drops it): the processor counts it.
         num_additional_image_tokens=1,
         chat_template=CHAT_TEMPLATE,
     )
@@ -607,16 +606,16 @@ def convert_sharegpt4v(
     tokenizer.chat_template = CHAT_TEMPLATE
     grow_vocab(mapped.tensors, len(tokenizer) - vocab)
     image_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
-    config = LlavaConfig(
-        **llava_config_dict(cfg, vcfg, len(tokenizer), image_id, tokenizer.pad_token_id)
-    )
+    llava = llava_config_dict(cfg, vcfg, len(tokenizer), image_id, tokenizer.pad_token_id)
+    config = LlavaConfig(**llava)
+    processor = _processor(tower, cfg, llava, tokenizer)  # checked before anything is written
 
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
     try:
         shards = _save_tensors(mapped.tensors, tmp)
         config.save_pretrained(tmp)
-        _processor(src, tower, cfg, config.vision_config.to_dict(), tokenizer).save_pretrained(tmp)
+        processor.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         if (src / "generation_config.json").is_file():
             shutil.copyfile(src / "generation_config.json", tmp / "generation_config.json")
