@@ -115,11 +115,22 @@ def released_layout_error(archs: list[str] | None = None, path: str | None = Non
     hit = sorted(set(archs or ()) & set(RELEASED_ARCHITECTURES))
     if not hit and path not in RELEASED_HUB_IDS:
         return None
+    convert = (
+        "convert it once with `longcap convert-sharegpt4v SRC DST [--vision-tower TOWER_DIR]` "
+        "and point `path` at DST (family: sharegpt4v)"
+    )
+    if hit == ["LlavaLlamaForCausalLM"]:
+        # The original LLaVA code base's class: ShareGPT4V's mirrors use it, and so do
+        # LLaVA-1.5's own original checkpoints (whose llava-hf conversion is published).
+        return (
+            f"{path} is in the original LLaVA code base's layout (LlavaLlamaForCausalLM), which "
+            "vLLM cannot load: for LLaVA-1.5 use its llava-hf release (llava-hf/llava-1.5-7b-hf); "
+            f"for a ShareGPT4V checkpoint {convert}"
+        )
     what = f"architecture {hit[0]}" if hit else f"hub id {path}"
     return (
         f"{path} is ShareGPT4V's released layout ({what}: a LLaMA checkpoint plus a separate "
-        "vision tower) that vLLM cannot load; convert it once with `longcap convert-sharegpt4v "
-        "SRC DST [--vision-tower TOWER_DIR]` and point `path` at DST (family: sharegpt4v)"
+        f"vision tower) that vLLM cannot load; {convert}"
     )
 
 

@@ -397,6 +397,14 @@ def test_recaption_config_refuses_the_released_layout(released, converted, tmp_p
         msg = str(info.value)
         assert "models[0].path" in msg and "longcap convert-sharegpt4v" in msg, msg
     assert load_config(cfg_with(str(converted["dst"]))).models[0].family == "sharegpt4v"
+    # The original LLaVA class (ShareGPT4V's mirrors, LLaVA-1.5's own originals): both ways out.
+    original = tmp_path / "llava-original"
+    original.mkdir()
+    (original / "config.json").write_text(json.dumps({"architectures": ["LlavaLlamaForCausalLM"]}))
+    with pytest.raises(ConfigError) as info:
+        load_config(cfg_with(str(original)))
+    assert "llava-hf/llava-1.5-7b-hf" in str(info.value)
+    assert "longcap convert-sharegpt4v" in str(info.value)
 
 
 # --- vLLM -------------------------------------------------------------------------------------
