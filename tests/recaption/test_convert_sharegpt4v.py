@@ -411,28 +411,35 @@ def test_recaption_config_refuses_the_released_layout(released, converted, tmp_p
 
 
 @pytest.mark.slow
-def test_converted_tiny_model_recaptions_every_key_once_in_vllm(tiny_models, ray_head, tmp_path):
+def test_converted_tiny_model_recaptions_every_key_once_in_vllm(tiny_models, tmp_path, monkeypatch):
+    """`longcap recaption` itself (its own local Ray on LONGCAP_RAY_NODE_IP, vLLM's CPU build)
+    on the converted tiny model. A Ray temp folder of its own: a cluster of another run on this
+    machine, named in the default one, must not be joined."""
+    import tempfile
+
     import pyarrow.parquet as pq
     import ray
 
-    from pipeline.recaption import run
-    from pipeline.recaption_config import load_config
+    from pipeline.cli import main
     from tests.recaption.conftest import make_input_shards, write_config
 
     dst = tmp_path / "sharegpt4v-hf"
     convert_sharegpt4v(tiny_models["sharegpt4v"], dst)
     make_input_shards(tmp_path / "in", shards=2)
-    cfg_path = write_config(
-        tmp_path / "run.yaml", tmp_path / "in", tmp_path / "out", {"sg4v": ("sharegpt4v", dst)}
+    cfg = write_config(
+        tmp_path / "run.yaml",
+        tmp_path / "in",
+        tmp_path / "out",
+        {"sg4v": ("sharegpt4v", dst)},
+        progress=False,
     )
-    cfg = load_config(cfg_path)
-    cfg.ray_address = ray_head["address"]
-    cfg.progress = False
+    ray_tmp = tempfile.mkdtemp(prefix="r", dir="/tmp")  # short: Ray's socket paths are capped
+    monkeypatch.setenv("RAY_TMPDIR", ray_tmp)
     try:
-        report = run(cfg)
+        assert main(["recaption", "--config", str(cfg)]) == 0
     finally:
         ray.shutdown()
-    assert report["complete"]
+        shutil.rmtree(ray_tmp, ignore_errors=True)
     rows = [
         r
         for p in sorted((tmp_path / "out" / "captions" / "sg4v").glob("*.parquet"))
@@ -443,3 +450,5 @@ def test_converted_tiny_model_recaptions_every_key_once_in_vllm(tiny_models, ray
     ok = [r for r in rows if r["status"] == "ok"]
     assert len(ok) == 2 * 6 - 1  # and one corrupt image
     assert all(r["generated_tokens"] > 0 and r["finish_reason"] for r in ok)
+    report = json.loads((tmp_path / "out" / "recaption_report.json").read_text())
+    assert report["complete"] and report["models"]["sg4v"]["units_done"] == 2
