@@ -325,6 +325,33 @@ def test_shape_mismatch_names_key_shapes_and_file(released, tmp_path):
     assert "the config says (128, 128)" in msg and "pytorch_model-00002-of-00002.bin" in msg
 
 
+def test_safetensors_shards_convert_to_the_same_checkpoint(released, converted, tmp_path):
+    """The safetensors copy of the release (its index beside the .bin one) is read instead of
+    the pickles and gives the same tensors; a shard its index names but lacks is an error."""
+    from safetensors.torch import load_file, save_file
+
+    src, tower = _copy_released(released, tmp_path)
+    index = json.loads((src / "pytorch_model.bin.index.json").read_text())
+    weight_map = {}
+    for name in sorted(set(index["weight_map"].values())):
+        sd = torch.load(src / name, weights_only=True)
+        st_name = name.replace("pytorch_model", "model").replace(".bin", ".safetensors")
+        save_file(sd, src / st_name)
+        weight_map.update(dict.fromkeys(sd, st_name))
+    st_index = {"metadata": index["metadata"], "weight_map": weight_map}
+    (src / "model.safetensors.index.json").write_text(json.dumps(st_index))
+    for name in set(index["weight_map"].values()):
+        (src / name).write_bytes(b"not a pickle: must not be read")
+    convert_sharegpt4v(src, tmp_path / "out", vision_tower=tower)
+    got = load_file(tmp_path / "out" / "model.safetensors")
+    want = load_file(converted["dst"] / "model.safetensors")
+    assert got.keys() == want.keys()
+    assert all(torch.equal(got[k], want[k]) for k in want)
+    (src / "model-00002-of-00002.safetensors").unlink()
+    with pytest.raises(ConversionError, match="model-00002-of-00002.safetensors: listed in"):
+        convert_sharegpt4v(src, tmp_path / "out2", vision_tower=tower)
+
+
 def test_tower_errors(released):
     llm, _ = load_checkpoint(released["src"], "LLM")
     tower, _ = load_checkpoint(released["tower"], "vision tower")
