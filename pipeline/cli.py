@@ -108,6 +108,21 @@ def _cmd_tiny_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_convert_sharegpt4v(args: argparse.Namespace) -> int:
+    from recaption.convert_sharegpt4v import convert_sharegpt4v
+
+    rep = convert_sharegpt4v(args.src, args.dst, vision_tower=args.vision_tower)
+    print(
+        f"converted {args.src} + vision tower {rep.vision_tower} -> {rep.out}: "
+        f"{rep.llm_tensors} LLM + {rep.tower_tensors} tower tensors, {rep.written_tensors} "
+        f"written, {rep.verified_not_copied} derived buffers checked; added {rep.added_tokens} "
+        f"(<image> = {rep.image_token_index}, vocabulary {rep.vocab_size}); "
+        f"pad to square: {rep.pad_to_square}"
+    )
+    print(f"use it with `family: sharegpt4v` and `path: {rep.out}`")
+    return 0
+
+
 def _cmd_toy(args: argparse.Namespace) -> int:
     # The toy world is not a product path: imported only when this command runs.
     from toyworld.experiment import main as toy_main
@@ -227,6 +242,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dir", help="folder; one subfolder per family (llava-1.5, qwen2-vl, ...)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_tiny_models)
+
+    p = sub.add_parser(
+        "convert-sharegpt4v",
+        help="turn ShareGPT4V's released checkpoint (+ its vision tower) into a llava-hf "
+        "checkpoint vLLM loads (family sharegpt4v)",
+    )
+    p.add_argument("src", help="the released folder (config.json: Share4VLlamaForCausalLM)")
+    p.add_argument("dst", help="new output folder")
+    p.add_argument(
+        "--vision-tower",
+        metavar="DIR",
+        help="the fine-tuned CLIP tower folder (default: config.json's mm_vision_tower when it "
+        "is a folder, or the local Hugging Face cache; nothing is downloaded)",
+    )
+    p.set_defaults(func=_cmd_convert_sharegpt4v)
 
     p = sub.add_parser(
         "toy",

@@ -149,6 +149,11 @@ def _check_architecture(m: ModelConfig, folder: Path, where: str) -> None:
     except (OSError, ValueError, AttributeError):
         check_remote_code(m, None, where)  # unknown architecture: assume it may run code
         return  # not a checkpoint folder we can read; vLLM will say what is wrong
+    from recaption.convert_sharegpt4v import released_layout_error
+
+    unconverted = released_layout_error(archs, m.path)
+    if unconverted:
+        raise ConfigError(f"{where}.path: {unconverted}")
     expected = get_family(m.family).architectures
     if archs and not set(archs) & set(expected):
         raise ConfigError(
@@ -199,4 +204,9 @@ def resolve_model_paths(models: list[ModelConfig], base: Path, source: str) -> N
             # Not a folder and not shaped like a hub id ("org/name"): a typo, say so now.
             raise ConfigError(f"{where}.path: {m.path!r} is neither a folder nor a hub id")
         else:
+            from recaption.convert_sharegpt4v import released_layout_error
+
+            unconverted = released_layout_error(None, m.path)
+            if unconverted:
+                raise ConfigError(f"{where}.path: {unconverted}")
             check_remote_code(m, None, where)  # a hub id: its architecture is unknown here

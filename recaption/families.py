@@ -19,6 +19,9 @@ ship none, written after the official ones:
   the same `conv_vicuna_v1` as its `v1` and default conversation: InternLM/InternLM-XComposer
   @5d01372, projects/ShareGPT4V/share4v/conversation.py). ShareGPT4V's captioner and
   ShareGPT4V-7B are LLaVA-1.5 models.
+- sharegpt4v: ShareGPT4V-7B/13B converted to llava-hf (`longcap convert-sharegpt4v`,
+  recaption/convert_sharegpt4v.py): LLaVA-1.5's format after its vicuna_v1 system prompt, as it
+  was fine-tuned (docs/CAPTIONERS.md cites the files).
 - qwen2-vl / qwen2.5-vl: ChatML with the default system prompt "You are a helpful assistant." and
   `<|vision_start|><|image_pad|><|vision_end|>` before the text: the chat_template.json of
   Qwen/Qwen2-VL-7B-Instruct and Qwen/Qwen2.5-VL-7B-Instruct (`{% if loop.first and
@@ -44,6 +47,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
+
+from recaption.convert_sharegpt4v import SHAREGPT4V_TEMPLATE
 
 _QWEN_TEMPLATE = (
     "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
@@ -172,6 +177,18 @@ FAMILIES: dict[str, Family] = {
             remote_code_architectures=("InternVLChatModel",),
             image_placeholder="<image>",
             variants=INTERNVL_FORMATS,
+        ),
+        # ShareGPT4V-7B/13B after `longcap convert-sharegpt4v` (recaption/convert_sharegpt4v.py):
+        # a LLaVA-1.5 model prompted in its training format, vicuna_v1 with its system prompt
+        # (InternLM-XComposer projects/ShareGPT4V share4v/conversation.py:253-263, --version v1
+        # in scripts/sharegpt4v/slurm_finetune_7b.sh:32). The released layout is refused by the
+        # config with the command that converts it.
+        Family(
+            "sharegpt4v",
+            ("LlavaForConditionalGeneration",),
+            SHAREGPT4V_TEMPLATE,
+            image_size=336,
+            stop=("</s>", "USER:"),
         ),
     )
 }

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-TINY_FAMILIES = ("llava-1.5", "qwen2-vl", "qwen2.5-vl", "blip-2", "internvl")
+TINY_FAMILIES = ("llava-1.5", "qwen2-vl", "qwen2.5-vl", "blip-2", "internvl", "sharegpt4v")
 _VOCAB = 2048
 _LLAVA_SPECIALS = ["<unk>", "<s>", "</s>", "<image>", "<pad>"]
 _QWEN_SPECIALS = [
@@ -316,6 +316,7 @@ def make_tiny_models(root: str | Path, families=TINY_FAMILIES, seed: int = 0) ->
         "blip-2": make_blip2,
         "internvl": make_internvl,
     }
+    builders["sharegpt4v"] = make_sharegpt4v_released  # released layout: convert before use
     root = Path(root)
     made = {}
     for fam in families:
@@ -324,3 +325,199 @@ def make_tiny_models(root: str | Path, families=TINY_FAMILIES, seed: int = 0) ->
         made[fam] = builders[fam](root / fam, seed=seed)
         (root / fam / "longcap_tiny.json").write_text(json.dumps({"family": fam, "seed": seed}))
     return made
+
+
+def _sentencepiece_model(vocab_size: int = 1024) -> bytes:
+    """A LLaMA-style SentencePiece BPE (<unk>, <s>, </s> = 0, 1, 2, byte fallback) trained here
+    on generated captions: the `tokenizer.model` ShareGPT4V ships is Vicuna's, of this kind."""
+    import io
+
+    import sentencepiece as spm
+
+    buf = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(_corpus()),
+        model_writer=buf,
+        vocab_size=vocab_size,
+        model_type="bpe",
+        unk_id=0,
+        bos_id=1,
+        eos_id=2,
+        pad_id=-1,
+        byte_fallback=True,
+        character_coverage=1.0,
+        num_threads=1,
+        minloglevel=2,
+    )
+    return buf.getvalue()
+
+
+def make_sharegpt4v_released(out: Path, seed: int = 0, tower: Path | None = None) -> Path:
+    """Tiny ShareGPT4V in its released layout (docs/CAPTIONERS.md): `out` holds a
+    `Share4VLlamaForCausalLM` config with ShareGPT4V-7B's fields, .bin shards with their index,
+    key names as transformers 4.31 saved them (RoPE `inv_freq` buffers included) and a
+    SentencePiece tokenizer; the fine-tuned CLIP tower is a separate `CLIPVisionModel` folder
+    (`tower`, default `<out>-vision-tower`) that `mm_vision_tower` names. vLLM cannot load it:
+    `longcap convert-sharegpt4v` turns it into a llava-hf checkpoint."""
+    import torch
+    from transformers import CLIPVisionConfig, CLIPVisionModel, LlamaConfig, LlamaForCausalLM
+
+    out = Path(out)
+    tower = Path(tower) if tower is not None else out.parent / f"{out.name}-vision-tower"
+    out.mkdir(parents=True, exist_ok=True)
+    tower.mkdir(parents=True, exist_ok=True)
+    (out / "tokenizer.model").write_bytes(_sentencepiece_model())
+    vocab = 1024
+    hidden, heads, layers, inter = 128, 2, 2, 256
+    v_hidden, v_layers, image, patch = 64, 3, 56, 14
+    _seed_all(seed)
+    llama = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=vocab,
+            hidden_size=hidden,
+            intermediate_size=inter,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            num_key_value_heads=heads,
+            tie_word_embeddings=False,
+        )
+    )
+    vision = CLIPVisionModel(
+        CLIPVisionConfig(
+            hidden_size=v_hidden,
+            intermediate_size=2 * v_hidden,
+            num_hidden_layers=v_layers,
+            num_attention_heads=2,
+            image_size=image,
+            patch_size=patch,
+            projection_dim=v_hidden,
+            hidden_act="quick_gelu",
+        )
+    )
+    llm = {k: t.to(torch.bfloat16) for k, t in llama.state_dict().items()}
+    head_dim = hidden // heads
+    inv_freq = 1.0 / (10000.0 ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+    for i in range(layers):
+        llm[f"model.layers.{i}.self_attn.rotary_emb.inv_freq"] = inv_freq.clone()
+    proj = [torch.nn.Linear(v_hidden, hidden), torch.nn.Linear(hidden, hidden)]
+    for idx, lin in zip(("0", "2"), proj, strict=True):
+        llm[f"model.mm_projector.{idx}.weight"] = lin.weight.detach().to(torch.bfloat16)
+        llm[f"model.mm_projector.{idx}.bias"] = lin.bias.detach().to(torch.bfloat16)
+    # Two shards and an index, as the 7B release (pytorch_model-0000N-of-00002.bin).
+    keys = list(llm)
+    names = [f"pytorch_model-0000{i}-of-00002.bin" for i in (1, 2)]
+    halves = [keys[: len(keys) // 2], keys[len(keys) // 2 :]]
+    weight_map = {}
+    for name, part in zip(names, halves, strict=True):
+        torch.save({k: llm[k].contiguous() for k in part}, out / name)
+        weight_map.update(dict.fromkeys(part, name))
+    total = sum(t.numel() * t.element_size() for t in llm.values())
+    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    (out / "pytorch_model.bin.index.json").write_text(json.dumps(index, indent=2))
+    # transformers 4.31's CLIPVisionModel prefixed its tensors with `vision_model.`.
+    tower_sd = {f"vision_model.{k}": t.to(torch.bfloat16) for k, t in vision.state_dict().items()}
+    torch.save(tower_sd, tower / "pytorch_model.bin")
+
+    # The fields of Lin-Chen/ShareGPT4V-7B's config.json (docs/CAPTIONERS.md), tiny sizes.
+    config = {
+        "_name_or_path": "ShareGPT4V-7B",
+        "architectures": ["Share4VLlamaForCausalLM"],
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+        "freeze_mm_mlp_adapter": False,
+        "hidden_act": "silu",
+        "hidden_size": hidden,
+        "image_aspect_ratio": "pad",
+        "image_grid_pinpoints": None,
+        "initializer_range": 0.02,
+        "intermediate_size": inter,
+        "max_position_embeddings": 1024,
+        "mm_hidden_size": v_hidden,
+        "mm_projector_lr": None,
+        "mm_projector_type": "mlp2x_gelu",
+        "mm_use_im_patch_token": False,
+        "mm_use_im_start_end": False,
+        "mm_vision_select_feature": "patch",
+        "mm_vision_select_layer": -2,
+        "mm_vision_tower": str(tower.resolve()),
+        "model_type": "share4v",
+        "num_attention_heads": heads,
+        "num_hidden_layers": layers,
+        "num_key_value_heads": heads,
+        "pad_token_id": 0,
+        "pretraining_tp": 1,
+        "rms_norm_eps": 1e-05,
+        "rope_scaling": None,
+        "tie_word_embeddings": False,
+        "torch_dtype": "bfloat16",
+        "transformers_version": "4.31.0",
+        "tune_entire_model": False,
+        "tune_mm_mlp_adapter": False,
+        "tune_vision_tower": False,
+        "use_cache": True,
+        "use_mm_proj": True,
+        "vision_tower_lr": None,
+        "vocab_size": vocab,
+    }
+    (out / "config.json").write_text(json.dumps(config, indent=2))
+    generation = {"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0, "max_length": 1024}
+    (out / "generation_config.json").write_text(json.dumps(generation, indent=2))
+    tok_cfg = {
+        "add_bos_token": True,
+        "add_eos_token": False,
+        "bos_token": "<s>",
+        "clean_up_tokenization_spaces": False,
+        "eos_token": "</s>",
+        "legacy": False,
+        "model_max_length": 1024,
+        "pad_token": None,
+        "padding_side": "right",
+        "sp_model_kwargs": {},
+        "tokenizer_class": "LlamaTokenizer",
+        "unk_token": "<unk>",
+    }
+    (out / "tokenizer_config.json").write_text(json.dumps(tok_cfg, indent=2))
+    # LLaVA's training pads with <unk> (pad_token = unk_token for the v1 format).
+    specials = {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<unk>", "unk_token": "<unk>"}
+    (out / "special_tokens_map.json").write_text(json.dumps(specials, indent=2))
+
+    # Lin-Chen/ShareGPT4V-7B_Pretrained_vit-large336-l12's config.json fields, tiny sizes.
+    vc = vision.config
+    tower_cfg = {
+        "architectures": ["CLIPVisionModel"],
+        "attention_dropout": 0.0,
+        "dropout": 0.0,
+        "hidden_act": vc.hidden_act,
+        "hidden_size": vc.hidden_size,
+        "image_size": vc.image_size,
+        "initializer_factor": 1.0,
+        "initializer_range": 0.02,
+        "intermediate_size": vc.intermediate_size,
+        "layer_norm_eps": vc.layer_norm_eps,
+        "model_type": "clip_vision_model",
+        "num_attention_heads": vc.num_attention_heads,
+        "num_channels": 3,
+        "num_hidden_layers": vc.num_hidden_layers,
+        "patch_size": vc.patch_size,
+        "projection_dim": vc.projection_dim,
+        "torch_dtype": "bfloat16",
+        "transformers_version": "4.31.0",
+    }
+    (tower / "config.json").write_text(json.dumps(tower_cfg, indent=2))
+    preprocessor = {
+        "crop_size": {"height": image, "width": image},
+        "do_center_crop": True,
+        "do_convert_rgb": True,
+        "do_normalize": True,
+        "do_rescale": True,
+        "do_resize": True,
+        "feature_extractor_type": "CLIPFeatureExtractor",
+        "image_mean": [0.48145466, 0.4578275, 0.40821073],
+        "image_processor_type": "CLIPImageProcessor",
+        "image_std": [0.26862954, 0.26130258, 0.27577711],
+        "resample": 3,
+        "rescale_factor": 0.00392156862745098,
+        "size": {"shortest_edge": image},
+    }
+    (tower / "preprocessor_config.json").write_text(json.dumps(preprocessor, indent=2))
+    return out

@@ -73,6 +73,7 @@ PLACEHOLDERS = {
     "qwen2-vl": "<|image_pad|>",
     "qwen2.5-vl": "<|image_pad|>",
     "internvl": "<image>",
+    "sharegpt4v": "<image>",
 }
 
 
