@@ -413,6 +413,7 @@ def write_bytes(p: str | os.PathLike | ObjectPath, data: bytes) -> None:
         return
     from shards.runlock import temp_path
 
+    p.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_path(p)
     with open(tmp, "wb") as f:
         f.write(data)
