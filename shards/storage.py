@@ -435,6 +435,20 @@ def upload(local: str | os.PathLike, dest: str | os.PathLike | ObjectPath) -> No
                 shutil.copyfileobj(src, dst, STREAM_BUFFER)
 
 
+def download(src: str | os.PathLike | ObjectPath, local: str | os.PathLike) -> Path:
+    """Copy `src` (an object, or a local file) to the local file `local` whole: written under a
+    temp name and renamed, so a killed copy never looks complete. Returns `local`."""
+    from shards.runlock import temp_path
+
+    local = Path(local)
+    local.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_path(local)
+    with open_input(src) as f, open(tmp, "wb") as out:
+        shutil.copyfileobj(f, out, STREAM_BUFFER)
+    os.replace(tmp, local)
+    return local
+
+
 def staging_dir() -> Path:
     """A fresh local folder for files that are written whole, then uploaded (object stores take
     no appends). LONGCAP_STAGING_DIR picks where (default: the system temp folder)."""

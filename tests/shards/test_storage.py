@@ -8,6 +8,7 @@ import pickle
 import socket
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 
 from shards import runlock, storage
@@ -153,3 +154,25 @@ def test_no_aws_lookup_outside_loopback(s3_server):
     fs = storage.s3_filesystem()
     assert fs.region == "us-east-1"
     assert "127.0.0.1" in repr(fs.__reduce__())
+
+
+def test_build_url_list_read_from_s3(tmp_path, s3_bucket):
+    """ingest.url_list may be an object: it is copied once into the work folder, then read as
+    the local file is (the same rows, refusals and shards)."""
+    from pipeline.ingest import IngestConfig, prepare_url_list
+
+    lines = ["url,caption", "http://127.0.0.1:8000/a.jpg,a", "ftp://127.0.0.1/x.jpg,b"]
+    lines += ["http://169.254.169.254/latest/meta-data/,c", "http://127.0.0.1:8000/a.jpg,dup"]
+    local = tmp_path / "urls.csv"
+    local.write_text("\n".join(lines) + "\n")
+    storage.upload(local, f"{s3_bucket}/lists/urls.csv")
+    nets = ["127.0.0.1/32"]
+    here_cfg = IngestConfig(url_list=str(local), allowed_networks=nets)
+    here = prepare_url_list(here_cfg, tmp_path / "a")
+    remote = IngestConfig(url_list=f"{s3_bucket}/lists/urls.csv", allowed_networks=nets)
+    there = prepare_url_list(remote, tmp_path / "b")
+    assert here == there and there["rows"] == 4 and there["accepted"] == 1
+    a, b = (pq.read_table(tmp_path / w / "rejected.parquet").to_pylist() for w in "ab")
+    assert a == b
+    with pytest.raises(ValueError, match="does not exist"):
+        prepare_url_list(IngestConfig(url_list=f"{s3_bucket}/nope.csv"), tmp_path / "c")
