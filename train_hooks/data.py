@@ -159,7 +159,8 @@ def read_parquet(path: Path, label_field: str | None = None) -> Iterator[dict[st
     """Records of a shard's Parquet file (ok rows only); needs its `image` column."""
     import pyarrow.parquet as pq
 
-    pf = pq.ParquetFile(storage.random_access(path))
+    # From an object store, coalesce each row group's column chunks into few ranged reads.
+    pf = pq.ParquetFile(storage.random_access(path), pre_buffer=storage.is_uri(path))
     names = pf.schema_arrow.names
     if "image" not in names:
         raise ValueError(f"{path}: no image column (built with --no-parquet-images); read the tar")
