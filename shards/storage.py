@@ -190,9 +190,15 @@ class ObjectPath:
         if fs is None or path is None:
             fs, path = resolve(self.uri)
         self.fs, self.path = fs, path
+        # What a listing said of this object (type, size, mtime): a path from glob, rglob or
+        # iterdir answers is_file() and stat() without one request per object. Only listing
+        # results carry it; any other path asks the store each time.
+        self._listed: pafs.FileInfo | None = None
 
-    def _child(self, path: str) -> ObjectPath:
-        return ObjectPath(f"{self.scheme}://{path}", self.fs, path)
+    def _child(self, path: str, info: pafs.FileInfo | None = None) -> ObjectPath:
+        child = ObjectPath(f"{self.scheme}://{path}", self.fs, path)
+        child._listed = info
+        return child
 
     def __reduce__(self):
         return (ObjectPath, (self.uri,))
@@ -244,6 +250,8 @@ class ObjectPath:
         return self
 
     def _info(self) -> pafs.FileInfo:
+        if self._listed is not None:
+            return self._listed
         return self.fs.get_file_info(self.path)
 
     def exists(self) -> bool:
@@ -267,11 +275,11 @@ class ObjectPath:
     def _files(self, recursive: bool) -> list[ObjectPath]:
         sel = pafs.FileSelector(self.path, recursive=recursive, allow_not_found=True)
         infos = self.fs.get_file_info(sel)
-        return sorted(self._child(i.path) for i in infos if i.type == pafs.FileType.File)
+        return sorted(self._child(i.path, i) for i in infos if i.type == pafs.FileType.File)
 
     def iterdir(self) -> Iterator[ObjectPath]:
         sel = pafs.FileSelector(self.path, recursive=False, allow_not_found=True)
-        return iter(sorted(self._child(i.path) for i in self.fs.get_file_info(sel)))
+        return iter(sorted(self._child(i.path, i) for i in self.fs.get_file_info(sel)))
 
     def glob(self, pattern: str) -> Iterator[ObjectPath]:
         return (p for p in self._files(False) if fnmatch.fnmatchcase(p.name, pattern))
@@ -283,6 +291,7 @@ class ObjectPath:
         if mode == "rb":
             return self.fs.open_input_stream(self.path, compression=None, buffer_size=STREAM_BUFFER)
         if mode == "wb":
+            self._listed = None
             return self.fs.open_output_stream(self.path, compression=None)
         raise ValueError(f"{self.uri}: open mode {mode!r}; objects open as 'rb' or 'wb'")
 
@@ -309,6 +318,7 @@ class ObjectPath:
         return self.write_bytes(text.encode(encoding))
 
     def unlink(self, missing_ok: bool = False) -> None:
+        self._listed = None
         try:
             self.fs.delete_file(self.path)
         except FileNotFoundError:

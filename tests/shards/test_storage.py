@@ -176,3 +176,15 @@ def test_build_url_list_read_from_s3(tmp_path, s3_bucket):
     assert a == b
     with pytest.raises(ValueError, match="does not exist"):
         prepare_url_list(IngestConfig(url_list=f"{s3_bucket}/nope.csv"), tmp_path / "c")
+
+
+def test_listed_paths_answer_from_the_listing(s3_bucket):
+    """A path from a listing knows its type, size and time (no request per object); one that
+    is deleted or rewritten asks the store again."""
+    storage.write_bytes(f"{s3_bucket}/p/a.tar", b"12345")
+    (listed,) = storage.as_path(f"{s3_bucket}/p").glob("*.tar")
+    assert listed._listed is not None and listed.is_file() and listed.stat().st_size == 5
+    listed.write_bytes(b"1234567")
+    assert listed.stat().st_size == 7
+    listed.unlink()
+    assert not listed.exists()
