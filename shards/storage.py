@@ -461,11 +461,17 @@ def download(src: str | os.PathLike | ObjectPath, local: str | os.PathLike) -> P
 
 def staging_dir() -> Path:
     """A fresh local folder for files that are written whole, then uploaded (object stores take
-    no appends). LONGCAP_STAGING_DIR picks where (default: the system temp folder)."""
-    base = os.environ.get("LONGCAP_STAGING_DIR") or None
-    if base:
-        os.makedirs(base, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix="longcap-stage-", dir=base))
+    no appends). LONGCAP_STAGING_DIR picks where (default: the system temp folder). The folders
+    of killed runs (named by pid; the pid is gone) are removed first."""
+    from shards.runlock import _alive
+
+    base = Path(os.environ.get("LONGCAP_STAGING_DIR") or tempfile.gettempdir())
+    base.mkdir(parents=True, exist_ok=True)
+    for old in base.glob("longcap-stage-*-*"):
+        pid = old.name.split("-")[2]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            shutil.rmtree(old, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=f"longcap-stage-{os.getpid()}-", dir=base))
 
 
 def write_marked(

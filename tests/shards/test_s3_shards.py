@@ -109,7 +109,9 @@ _KILLER = textwrap.dedent(
 
 
 @pytest.mark.parametrize("where", ["mid_shard", "before_mark"])
-def test_killed_run_resumes_on_s3(tmp_path, sample_manifest, s3_bucket, s3_server, where):
+def test_killed_run_resumes_on_s3(
+    tmp_path, sample_manifest, s3_bucket, s3_server, where, monkeypatch
+):
     cfg = A.AssembleConfig(shard_size=5, batch_size=4)
     ref = tmp_path / "ref"
     A.assemble(sample_manifest, ref, cfg)
@@ -130,8 +132,14 @@ def test_killed_run_resumes_on_s3(tmp_path, sample_manifest, s3_bucket, s3_serve
         assert {"00001.parquet", "00001.tar"} <= set(_names(out))
     # The killed run's lock object is still there: this host, pid gone, so it is taken over.
     assert (storage.as_path(out) / ".longcap.lock").exists()
+    stage = tmp_path / "stage"
+    left = list(stage.iterdir())
+    assert len(left) == 1  # the shard in flight, staged when the run was killed
+    monkeypatch.setenv("LONGCAP_STAGING_DIR", str(stage))
     res = A.assemble(sample_manifest, out, cfg)
     assert res.shards_skipped == len(marks)
+    # The killed run's staging folder went with the rerun.
+    assert not any(p in left for p in stage.iterdir())
     assert _names(out) == _names(ref)
     keys = _keys(out)
     assert keys == _keys(ref) and len(keys) == len(set(keys)) == 27
