@@ -7,10 +7,12 @@ the part of pathlib that longcap uses (`/`, name, stem, suffix, parent, with_suf
 exists, is_file, is_dir, glob, rglob, iterdir, stat, read_bytes, read_text, write_bytes,
 write_text, unlink), backed by a `pyarrow.fs.FileSystem`. The functions below take either kind:
 
-- `open_input(p)`: a buffered, sequential binary stream (tars); `random_access(p)`: a seekable
-  file (Parquet reads only the footer and the columns asked for);
+- `open_input(p)`: a buffered, sequential binary stream; `open_tar(p)`: a tar opened on it for
+  streaming; `random_access(p)`: a seekable file (Parquet reads only the footer and the columns
+  asked for);
 - `write_bytes(p, data)`: atomic locally (temp, fsync, rename, fsync the folder), one PUT on S3;
-- `upload(local, dest)`, `exists(p)`, `list_files(p, pattern, recursive)`, `delete(p)`;
+- `upload(local, dest)`, `download(src, local)`, `exists(p)`, `list_files(p, pattern,
+  recursive)`, `delete(p)`, `join(base, *names)`, `staging_dir()`;
 - `write_marked(files, mark, mark_bytes)`: data files first, then the completion mark. S3 has no
   rename: each object appears whole when its PUT completes, but a unit of several objects
   appears one object at a time. Readers and resumed runs trust only units whose mark exists,
@@ -20,8 +22,11 @@ write_text, unlink), backed by a `pyarrow.fs.FileSystem`. The functions below ta
 
 S3 settings come from the usual AWS environment variables (AWS_ACCESS_KEY_ID,
 AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_REGION / AWS_DEFAULT_REGION, AWS_ENDPOINT_URL_S3 /
-AWS_ENDPOINT_URL), laid under an optional `storage:` config block (`StorageConfig`; endpoint and
-region only: secrets stay in the environment, never in a run.yaml that is copied into manifests).
+AWS_ENDPOINT_URL); `configure(StorageConfig(...))` sets endpoint, region, anonymous access and
+timeouts over them for the process (the `storage:` mapping of a config, `storage_config_from`).
+Keys are not config fields: secrets stay in the environment, never in a run.yaml that is copied
+into run folders and manifests. Marks rely on read-after-write consistency, which S3, GCS, R2
+and MinIO provide.
 Without explicit keys the AWS SDK's default chain runs (profile files, then on EC2 the instance
 metadata service); AWS_EC2_METADATA_DISABLED=true turns the latter off, as the tests do.
 Other schemes go to pyarrow's own filesystems (gs, hdfs) or, failing that, to fsspec.
