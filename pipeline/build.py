@@ -27,6 +27,7 @@ from pipeline.config_loader import ConfigError, load_dataclass, read_yaml_mappin
 from pipeline.ingest import IngestConfig, prepare_url_list, ready_shards, start_ingest
 from pipeline.recaption_config import RecaptionConfig, parse_config, resolve_model_paths
 from shards.assemble import AssembleConfig
+from shards.storage import is_uri
 
 
 @dataclasses.dataclass
@@ -49,7 +50,8 @@ def load_build_config(path: str | Path) -> BuildConfig:
     ingest_data = data.pop("ingest")
     assemble_data = data.pop("assemble", {}) or {}
     ingest = _ingest_config(ingest_data, f"{p}: ingest")
-    ingest.url_list = str((base / Path(ingest.url_list).expanduser()).resolve())
+    if not is_uri(ingest.url_list):  # s3://... stays as given
+        ingest.url_list = str((base / Path(ingest.url_list).expanduser()).resolve())
     # A build writes one output shard per input shard into its own folder, from its own
     # captions: those options of `longcap shards` are not the user's to set here.
     assemble = load_dataclass(

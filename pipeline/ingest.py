@@ -28,6 +28,7 @@ import pyarrow.parquet as pq
 
 from pipeline.processes import popen_tied
 from pipeline.url_policy import POLICY_ENV, UrlPolicy, UrlRefused, precheck_url, refusal_status
+from shards import storage
 from shards.inputs import as_text
 from shards.schema import FAIL_URL_NOT_UTF8
 
@@ -149,9 +150,11 @@ def prepare_url_list(cfg: IngestConfig, work: Path) -> dict[str, Any]:
     summary_path = work / "url_list.json"
     if summary_path.exists():
         return json.loads(summary_path.read_text())
-    path = Path(cfg.url_list)
+    path = storage.as_path(cfg.url_list)
     if not path.exists():
         raise ValueError(f"ingest.url_list: {path} does not exist")
+    if storage.is_uri(path):  # s3://...: one copy into the work folder, read as a local file
+        path = storage.download(path, Path(work) / f"url_list_source{path.suffix}")
     fmt = cfg.input_format or path.suffix.lstrip(".").lower()
     if fmt not in ("csv", "tsv", "parquet", "jsonl"):
         raise ValueError(f"ingest.input_format: {fmt!r} is not csv, tsv, parquet or jsonl")

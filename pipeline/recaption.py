@@ -34,6 +34,7 @@ from typing import Any
 from pipeline.recaption_config import ConfigError, RecaptionConfig, load_config
 from recaption.families import get_family
 from recaption.units import decode_shard, unit_done, unit_path, unit_record
+from shards import storage
 from shards.fingerprint import shard_files_identity
 
 NAMESPACE = "longcap"
@@ -171,7 +172,7 @@ def run(
     lock_output(job.output, "longcap recaption")
     try:
         for m in job.models:  # unit temps of killed runs (never a live run's)
-            remove_stale_temps(Path(job.output) / "captions" / m.name)
+            remove_stale_temps(storage.join(job.output, "captions", m.name))
         return _run(job, source, on_unit, force_rebuild)
     finally:
         unlock_output(job.output)
@@ -186,7 +187,7 @@ def _run(job: RecaptionConfig, source, on_unit, force_rebuild: bool) -> dict[str
     t_start = time.time()
     finished = True
     if source is None:
-        names = shard_names(Path(job.input))
+        names = shard_names(storage.as_path(job.input))
     else:
         names, more = source()
         finished = not more
@@ -376,11 +377,8 @@ def _run(job: RecaptionConfig, source, on_unit, force_rebuild: bool) -> dict[str
         if crash is not None:
             report["complete"] = False
             report["error"] = f"{type(crash).__name__}: {crash}"[:1000]
-        out = Path(job.output)
-        out.mkdir(parents=True, exist_ok=True)
-        tmp = out / f".recaption_report.json.{os.getpid()}.tmp"
-        tmp.write_text(json.dumps(report, indent=1))
-        os.replace(tmp, out / "recaption_report.json")
+        report_path = storage.join(job.output, "recaption_report.json")  # local or s3://
+        storage.write_bytes(report_path, json.dumps(report, indent=1).encode())
     return report
 
 

@@ -14,6 +14,7 @@ from typing import Any
 # The one loader (pipeline/config_loader.py); `build_dataclass` is its older name here.
 from pipeline.config_loader import ConfigError, config_error, read_yaml_mapping
 from pipeline.config_loader import load_dataclass as build_dataclass
+from shards.storage import is_uri
 
 DEFAULT_PROMPTS = ["Describe the image in detail."]
 
@@ -185,8 +186,10 @@ def load_config(path: str | Path) -> RecaptionConfig:
     cfg = parse_config(read_yaml_mapping(p), str(p))
     # Relative paths in a config are relative to the config file, as a user reads them.
     base = p.resolve().parent
-    cfg.input = str((base / Path(cfg.input).expanduser()).resolve())
-    cfg.output = str((base / Path(cfg.output).expanduser()).resolve())
+    for name in ("input", "output"):
+        value = getattr(cfg, name)
+        if not is_uri(value):  # s3://... is absolute; a local path is the file's
+            setattr(cfg, name, str((base / Path(value).expanduser()).resolve()))
     resolve_model_paths(cfg.models, base, str(p))
     return cfg
 

@@ -6,6 +6,8 @@ done, so a rerun skips it and a killed job loses only the units in flight. Its s
 records what it was made from (the model's config, the input shard's files); a rerun with
 another stops (`shards.fingerprint`) unless told to rebuild. Every input key appears exactly once
 in it, captioned (`status` "ok") or with the reason it was not.
+On an object store (`s3://...`) the unit is one object written by a single PUT
+(`shards.storage.write_bytes`): it appears whole or not at all, so its presence is still the mark.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from shards import schema as S
+from shards import storage
 
 CAPTION_SCHEMA = pa.schema(
     [
@@ -42,8 +45,9 @@ _MADE_FROM = b"longcap.made_from"
 _FINGERPRINT = b"longcap.fingerprint"
 
 
-def unit_path(output: str | Path, model: str, shard: str) -> Path:
-    return Path(output) / "captions" / model / f"{shard}.parquet"
+def unit_path(output: str | Path, model: str, shard: str) -> storage.AnyPath:
+    """OUTPUT/captions/<model>/NNNNN.parquet: a Path, or an ObjectPath for an s3:// output."""
+    return storage.as_path(output) / "captions" / model / f"{shard}.parquet"
 
 
 # ModelConfig fields that do not change the captions (scheduling only): not fingerprinted.
@@ -65,9 +69,10 @@ def unit_done(path: Path, record: dict[str, Any], force_rebuild: bool = False) -
     `FingerprintMismatch`, or with `force_rebuild` is deleted (and so not done)."""
     from shards.fingerprint import FingerprintMismatch, check_mark
 
+    path = storage.as_path(path)
     if not path.exists():
         return False
-    meta = pq.read_schema(path).metadata or {}
+    meta = pq.read_schema(storage.random_access(path)).metadata or {}
     mark = {}
     if _FINGERPRINT in meta:
         mark = {
@@ -123,7 +128,7 @@ def decode_shard(root: str, shard: str, max_side: int) -> DecodedShard:
 
     out = DecodedShard(shard, inputs=shard_files_identity(root, shard))
     seen: set[str] = set()
-    for sample in read_shard(Path(root), shard):
+    for sample in read_shard(storage.as_path(root), shard):
         key = sample.key
         if key in seen:
             continue  # a duplicate key would break "one row per key"; the first one wins
@@ -160,8 +165,7 @@ def write_unit(
     from shards.runlock import temp_path
     from shards.writer import fsync_dir, fsync_file
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_path(path)
+    path = storage.as_path(path)
     schema = CAPTION_SCHEMA
     if record is not None:
         schema = schema.with_metadata(
@@ -171,14 +175,23 @@ def write_unit(
                 _FINGERPRINT: fingerprint(record).encode(),
             }
         )
-    pq.write_table(pa.Table.from_pylist(rows, schema=schema), tmp, compression="zstd")
+    table = pa.Table.from_pylist(rows, schema=schema)
+    if storage.is_uri(path):
+        # One PUT of the whole file (captions only: megabytes), so the object is never partial.
+        buf = pa.BufferOutputStream()
+        pq.write_table(table, buf, compression="zstd")
+        storage.write_bytes(path, buf.getvalue().to_pybytes())
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_path(path)
+    pq.write_table(table, tmp, compression="zstd")
     fsync_file(tmp)
     os.replace(tmp, path)
     fsync_dir(path.parent)
 
 
 def read_unit(path: Path) -> pa.Table:
-    table = pq.read_table(path)
+    table = pq.read_table(storage.random_access(path))
     missing = set(CAPTION_COLUMNS) - set(table.column_names)
     if missing:
         raise ValueError(f"{path}: not a longcap caption file, missing columns {sorted(missing)}")

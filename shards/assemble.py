@@ -20,6 +20,7 @@ from typing import Any
 
 from recaption.clean import clean_caption
 from shards import schema as S
+from shards import storage
 from shards.fingerprint import (
     FingerprintMismatch,
     check_mark,
@@ -288,6 +289,18 @@ def _remove_shard(out: Path, stats: dict[str, Any]) -> None:
         (out / name).unlink(missing_ok=True)
 
 
+def _remove_unmarked(out, first: int) -> None:
+    """Delete the data objects of shards from `first` on that have no mark: a killed run's
+    uploads on an object store (locally its temps are removed by name, `remove_stale_temps`).
+    The rerun would overwrite them; deleting them also covers a rerun that ends sooner."""
+    if not storage.is_uri(out):
+        return
+    for path in out.glob("[0-9][0-9][0-9][0-9][0-9].*"):
+        if path.suffix in (".parquet", ".tar") and int(path.stem) >= first:
+            if not (out / f"{path.stem}_stats.json").exists():
+                path.unlink(missing_ok=True)
+
+
 def _keys_of(out: Path, stats: dict[str, Any]) -> list[str]:
     """Every key of a finished shard: its Parquet's, or a tar-only shard's ok keys from the tar
     plus the failed keys its stats record (failed samples are not in the tar)."""
@@ -323,7 +336,7 @@ def assemble(
     which deletes them first."""
     cfg = cfg or AssembleConfig()
     cfg.validate()
-    out = Path(out_dir)
+    out = storage.as_path(out_dir)
     lock_output(out, "longcap shards")
     try:
         return _assemble(input_path, out, cfg, force_rebuild)
@@ -336,7 +349,8 @@ def _assemble(
 ) -> AssembleResult:
     remove_stale_temps(out)
     done = completed_shards(out)
-    source_id = str(Path(input_path).resolve())
+    _remove_unmarked(out, len(done))
+    source_id = str(storage.as_path(input_path).resolve())
     record = made_from(cfg.output_fields(), input_identity(input_path))
     try:
         for stats in done:
@@ -419,7 +433,7 @@ def finished_shard(
     """The stats of output shard `name` when it is finished and was made from this config and
     input shard; None when it is not there. One made from another raises FingerprintMismatch,
     or with `force_rebuild` is deleted (None)."""
-    stats_path = Path(out_dir) / f"{name}_stats.json"
+    stats_path = storage.as_path(out_dir) / f"{name}_stats.json"
     if not stats_path.exists():
         return None
     stats = json.loads(stats_path.read_text())
@@ -430,7 +444,7 @@ def finished_shard(
     except FingerprintMismatch:
         if not force_rebuild:
             raise
-        _remove_shard(Path(out_dir), stats)
+        _remove_shard(storage.as_path(out_dir), stats)
         return None
 
 
@@ -448,7 +462,7 @@ def assemble_shard(
     (input shards from img2dataset never share keys). The caller holds the output's lock."""
     cfg = cfg or AssembleConfig()
     cfg.validate()
-    out = Path(out_dir)
+    out = storage.as_path(out_dir)
     record = made_from(cfg.output_fields(), shard_files_identity(input_dir, name))
     stats = finished_shard(input_dir, name, out, cfg, force_rebuild)
     if stats is not None:
@@ -473,7 +487,7 @@ def assemble_shard(
     seen: set[str] = set()
     n_in = 0
     try:
-        inputs = read_shard(Path(input_dir), name)
+        inputs = read_shard(storage.as_path(input_dir), name)
         for batch in _batches(inputs, cfg.batch_size):
             if join is not None:
                 for inp in batch:
@@ -484,7 +498,7 @@ def assemble_shard(
         if writer.current is None:
             writer.write_empty()
         stats = writer.close_shard(
-            input=str(Path(input_dir) / name),
+            input=str(storage.as_path(input_dir) / name),
             input_start=0,
             input_end=n_in,
             made_from=record,

@@ -13,6 +13,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
+from shards import storage
 from shards.inputs import InputError, InputSample
 
 NOT_CAPTIONED = "not_captioned"
@@ -23,7 +24,7 @@ class CaptionJoin:
     """Caches the caption rows of the current input shard, one table per model."""
 
     def __init__(self, captions_dir: str | Path):
-        root = Path(captions_dir)
+        root = storage.as_path(captions_dir)
         if (root / "captions").is_dir():
             root = root / "captions"  # the recaption OUTPUT folder was given
         if not root.is_dir():
@@ -44,7 +45,7 @@ class CaptionJoin:
                 self._rows[model] = None
                 continue
             try:
-                table = pq.read_table(path)
+                table = pq.read_table(storage.random_access(path))
             except Exception as exc:
                 raise InputError(f"{path}: unreadable caption file ({exc})") from exc
             if not {"key", "status", "text"} <= set(table.column_names):

@@ -27,6 +27,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from shards import schema as S
+from shards import storage
 from shards.inputs import InputError
 from shards.shard_reader import read_shard_table
 from shards.split import ENGINES, split_caption
@@ -117,7 +118,7 @@ def collect_stats(root: str | Path, split_engine: str | None = None) -> ShardSta
     `split_engine` ("rules", "punkt" or "regex") recounts sub-captions by re-splitting the texts
     stored in each shard's Parquet file; None takes the counts stored at assembly.
     """
-    root = Path(root)
+    root = storage.as_path(root)
     if not root.is_dir():
         raise InputError(f"{root}: no such folder")
     if split_engine is not None and split_engine not in ENGINES:
@@ -174,7 +175,7 @@ def _shard_parquets(root: Path) -> list[Path]:
     found = []
     for parquet in sorted(root.rglob("*.parquet")):
         try:
-            meta = pq.read_schema(parquet).metadata or {}
+            meta = pq.read_schema(storage.random_access(parquet)).metadata or {}
         except Exception:  # not a readable Parquet file: not ours to judge here
             continue
         if S.SCHEMA_METADATA_KEY in meta:
@@ -193,8 +194,8 @@ def caption_accuracy(root: str | Path) -> dict[str, Any] | None:
     pairs: list[tuple[str, str, Any]] = []
     images = unreadable = 0
     found = False
-    for parquet in _shard_parquets(Path(root)):
-        if "truth" not in pq.read_schema(parquet).names:
+    for parquet in _shard_parquets(storage.as_path(root)):
+        if "truth" not in pq.read_schema(storage.random_access(parquet)).names:
             continue  # schema version 1: no truth
         truth = read_shard_table(parquet, columns=["truth"])["truth"]
         if truth.null_count == len(truth):

@@ -19,7 +19,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from shards import limits
+from shards import limits, storage
 from shards import schema as S
 from shards.inputs import InputError
 
@@ -32,23 +32,23 @@ class FingerprintMismatch(InputError):
 
 def file_identity(path: str | os.PathLike) -> dict[str, Any]:
     """Size and modification time (ns) of a file: cheap, and changed by any rewrite."""
-    st = Path(path).stat()
+    st = storage.as_path(path).stat()
     return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
 def shard_files_identity(root: str | os.PathLike, shard: str) -> dict[str, Any]:
     """Identity of one input shard: size and time of its `NNNNN.tar` and `NNNNN.parquet`."""
     return {
-        f"{shard}{ext}": file_identity(Path(root) / f"{shard}{ext}")
+        f"{shard}{ext}": file_identity(storage.as_path(root) / f"{shard}{ext}")
         for ext in (".tar", ".parquet")
-        if (Path(root) / f"{shard}{ext}").exists()
+        if (storage.as_path(root) / f"{shard}{ext}").exists()
     }
 
 
 def input_identity(path: str | os.PathLike) -> dict[str, Any]:
     """A manifest's identity, or a folder's: a hash of the names, sizes and times of the files
     directly in it (shards of img2dataset or longcap, or the top level of an image folder)."""
-    p = Path(path)
+    p = storage.as_path(path)
     if not p.is_dir():
         return {"path": str(p.resolve()), **file_identity(p)}
     h = hashlib.sha256()

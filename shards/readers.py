@@ -17,6 +17,7 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from shards import schema as S
+from shards import storage
 from shards.inputs import (
     MAX_CAPTION_FILE_BYTES,
     RELEASED_LONG_COLUMNS,
@@ -274,7 +275,7 @@ def read_image_folder(root: Path, allow_outside: bool = False) -> Iterator[Input
 
 def _is_longcap_shard(parquet: Path) -> bool:
     try:
-        meta = pq.read_schema(parquet).metadata or {}
+        meta = pq.read_schema(storage.random_access(parquet)).metadata or {}
     except Exception as exc:
         raise InputError(f"{parquet}: not a readable Parquet file ({exc})") from exc
     return S.SCHEMA_METADATA_KEY in meta
@@ -314,13 +315,21 @@ def read_input(path: str | Path, allow_paths_outside: bool = False) -> Iterator[
     """Open whatever the user pointed at: a manifest file or a folder of shards or images.
 
     A manifest's image paths must lie inside its folder unless `allow_paths_outside`."""
-    p = Path(path)
+    p = storage.as_path(path)
     if not p.exists():
         raise InputError(f"{p}: no such file or folder")
     if p.is_dir():
         if any(p.glob("*.tar")) or any(p.glob("*.parquet")):
             return read_shard_folder(p)
+        if storage.is_uri(p):
+            raise InputError(f"{p}: no .tar or .parquet shards under this prefix")
         return read_image_folder(p, allow_paths_outside)
+    if storage.is_uri(p):
+        # A manifest names image files relative to its folder; that is a local layout.
+        raise InputError(
+            f"{p}: from object storage, give a prefix of shards (NNNNN.tar / NNNNN.parquet); "
+            "copy a manifest and its images to a local folder, or ingest them into shards first"
+        )
     suffix = p.suffix.lower()
     if suffix in (".jsonl", ".json"):
         return read_jsonl(p, allow_paths_outside)

@@ -14,6 +14,7 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from shards import schema as S
+from shards import storage
 from shards.inputs import InputError, InputSample
 from shards.tar_reader import IMAGE_EXTS, _iter_groups
 
@@ -21,7 +22,7 @@ from shards.tar_reader import IMAGE_EXTS, _iter_groups
 def read_shard_table(parquet: Path, columns: list[str] | None = None):
     """A longcap shard's Parquet as an Arrow table, after checking its schema version."""
     try:
-        pf = pq.ParquetFile(parquet)
+        pf = pq.ParquetFile(storage.random_access(parquet))
     except Exception as exc:
         raise InputError(f"{parquet}: not a readable Parquet file ({exc})") from exc
     try:

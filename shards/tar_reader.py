@@ -17,7 +17,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from shards import limits
+from shards import limits, storage
 from shards import schema as S
 from shards.inputs import (
     RELEASED_LONG_COLUMNS,
@@ -47,7 +47,7 @@ def _split_member(name: str) -> tuple[str, str]:
 
 def _read_sidecar(parquet: Path) -> dict[str, dict[str, Any]]:
     try:
-        table = pq.read_table(parquet)
+        table = pq.read_table(storage.random_access(parquet))
     except Exception as exc:
         raise InputError(f"{parquet}: not a readable Parquet file ({exc})") from exc
     missing = {"key", "status"} - set(table.column_names)
@@ -132,7 +132,7 @@ def _iter_groups(tar_path: Path) -> Iterator[tuple[str, dict[str, bytes], list[s
     current: str | None = None
     members: dict[str, bytes] = {}
     refused: list[str] = []
-    with tarfile.open(tar_path, mode="r|*") as tar:
+    with storage.open_tar(tar_path) as tar:
         for info, data, refusal in iter_members(tar):
             key, ext = _split_member(info.name)
             if key != current and current is not None:

@@ -4,6 +4,8 @@ Each file is written under this run's temporary name (`shards.runlock.temp_path`
 renamed when complete; the folder is fsynced after the renames, and only then is the stats file
 written (fsynced, renamed, folder fsynced again): it is the shard's completion mark, so neither a
 reader, a resumed run nor a power cut ever sees a mark without the whole shard behind it.
+On an object store (`s3://...`) the files are written in a local staging folder, uploaded, and
+only then is the stats object PUT (`shards.storage.write_marked`): the same order, without renames.
 Shards rotate by sample count and by bytes. The tar is a webdataset shard as open_clip reads it:
 `KEY.<ext>` image, `KEY.txt` raw caption, `KEY.json` everything else; only "ok" samples go in it.
 The tar is POSIX pax: a key too long for a ustar header (~95 characters with its extension) or
@@ -16,6 +18,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import tarfile
 from pathlib import Path
 from typing import Any
@@ -24,9 +27,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from shards import schema as S
+from shards import storage
 from shards.runlock import temp_path
 from shards.schema import Sample, output_schema
 from shards.stats import ShardStats
+from shards.storage import fsync_dir, fsync_file  # noqa: F401  (their home; imported from here)
 
 FORMATS = ("parquet", "tar")
 TAR_FORMAT = tarfile.PAX_FORMAT
@@ -37,29 +42,9 @@ def shard_name(index: int) -> str:
     return f"{index:05d}"
 
 
-def fsync_file(path: Path) -> None:
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
-
-
-def fsync_dir(path: Path) -> None:
-    """Make the renames in a folder durable (a rename is only in the folder's own data)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write, fsync, rename, fsync the folder: after return the file survives a power cut."""
-    tmp = temp_path(path)
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
+    storage.write_bytes(path, data)
 
 
 def _member(name: str, size: int) -> tarfile.TarInfo:
@@ -111,12 +96,19 @@ class _OpenShard:
         self.schema = output_schema(with_images=images)
         self.parquet: pq.ParquetWriter | None = None
         self.tar: tarfile.TarFile | None = None
+        # On an object store the files are written whole in a local staging folder, then
+        # uploaded (objects take no appends); locally they are temps beside their final names.
+        self.stage = storage.staging_dir() if storage.is_uri(self.base) else None
         if "parquet" in formats:
-            self.parquet_tmp = temp_path(self.base.with_suffix(".parquet"))
+            self.parquet_tmp = self._temp(".parquet")
             self.parquet = pq.ParquetWriter(self.parquet_tmp, self.schema, compression="zstd")
         if "tar" in formats:
-            self.tar_tmp = temp_path(self.base.with_suffix(".tar"))
+            self.tar_tmp = self._temp(".tar")
             self.tar = tarfile.open(self.tar_tmp, "w", format=TAR_FORMAT, encoding="utf-8")
+
+    def _temp(self, suffix: str) -> Path:
+        final = self.base.with_suffix(suffix)
+        return self.stage / final.name if self.stage is not None else temp_path(final)
 
     def write(self, sample: Sample, row_group_size: int) -> None:
         members = []
@@ -148,27 +140,30 @@ class _OpenShard:
 
     def close(self, extra_stats: dict[str, Any]) -> dict[str, Any]:
         files = []
+        staged: list[tuple[Path, Any]] = []
         if self.parquet is not None:
             self._flush_rows()
             if self.stats.count == 0:
                 self.parquet.write_table(self.schema.empty_table())
             self.parquet.close()
-            fsync_file(self.parquet_tmp)
-            os.replace(self.parquet_tmp, self.base.with_suffix(".parquet"))
+            staged.append((self.parquet_tmp, self.base.with_suffix(".parquet")))
             files.append(self.base.name + ".parquet")
         if self.tar is not None:
             self.tar.close()
-            fsync_file(self.tar_tmp)
-            os.replace(self.tar_tmp, self.base.with_suffix(".tar"))
+            staged.append((self.tar_tmp, self.base.with_suffix(".tar")))
             files.append(self.base.name + ".tar")
-        # The data files' renames are durable before the mark that says they are complete.
-        fsync_dir(self.base.parent)
         stats = {"shard": self.base.name, "files": files, **extra_stats, **self.stats.to_json()}
         if self.failed_keys is not None:
             stats["failed_keys"] = self.failed_keys
         path = self.base.with_name(self.base.name + "_stats.json")
-        atomic_write_bytes(path, json.dumps(stats, indent=1).encode("utf-8"))
+        # The data files are in place (durable, or uploaded) before the mark that says so.
+        storage.write_marked(staged, path, json.dumps(stats, indent=1).encode("utf-8"))
+        self._drop_stage()
         return stats
+
+    def _drop_stage(self) -> None:
+        if self.stage is not None:
+            shutil.rmtree(self.stage, ignore_errors=True)
 
     def abort(self) -> None:
         """Drop the temporary files of an unfinished shard."""
@@ -178,6 +173,7 @@ class _OpenShard:
         if self.tar is not None:
             self.tar.close()
             self.tar_tmp.unlink(missing_ok=True)
+        self._drop_stage()
 
 
 class ShardWriter:
@@ -190,7 +186,7 @@ class ShardWriter:
 
     def __init__(
         self,
-        out_dir: str | os.PathLike,
+        out_dir: str | os.PathLike | storage.ObjectPath,
         *,
         max_samples: int = 10_000,
         max_bytes: int = 1 << 30,
@@ -205,7 +201,7 @@ class ShardWriter:
             raise ValueError(f"formats: {sorted(unknown) or formats} not among {FORMATS}")
         if max_samples < 1 or max_bytes < 1:
             raise ValueError("max_samples and max_bytes must be positive")
-        self.out_dir = Path(out_dir)
+        self.out_dir = storage.as_path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.max_samples = max_samples
         self.max_bytes = max_bytes

@@ -122,3 +122,7 @@ def ray_head(tmp_path_factory):
         head.kill()
     log.close()
     shutil.rmtree(temp, ignore_errors=True)
+
+
+# moto's S3 server on 127.0.0.1 (session) and a fresh bucket per test: tests/s3_server.py.
+from tests.s3_server import s3_bucket, s3_server  # noqa: E402, F401

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config_loader import ConfigError, load_dataclass, read_yaml_mapping
+from shards.storage import is_uri
 from train_hooks.sampling import ACROSS_MODELS, DREAMLIP, FILL, K_WINDOWS, MODES, TEXT_MODES
 
 SHARD_FORMATS = ("auto", "tar", "parquet")
@@ -130,8 +131,10 @@ def load_train_config(path: str | Path | None, overrides: dict[str, Any]) -> Tra
         data = read_yaml_mapping(p)
         base = p.resolve().parent
         for name in PATH_FIELDS:
-            if isinstance(data.get(name), str):
-                data[name] = str(base / Path(data[name]).expanduser())
+            value = data.get(name)
+            # A URI (s3://...) is absolute; only local paths are taken relative to the file.
+            if isinstance(value, str) and not is_uri(value):
+                data[name] = str(base / Path(value).expanduser())
     data.update(overrides)
     if path is not None and overrides:
         where = f"{where} (with flags)"

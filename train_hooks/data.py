@@ -24,7 +24,6 @@ from __future__ import annotations
 import itertools
 import json
 import random
-import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +33,7 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
+from shards import storage
 from shards.limits import ImageLimitError
 from train_hooks.sampling import (
     ACROSS_MODELS,
@@ -53,8 +53,8 @@ class Shard:
     """One output shard: its Parquet and/or tar file and how many ok samples it holds."""
 
     name: str
-    parquet: Path | None
-    tar: Path | None
+    parquet: storage.AnyPath | None  # a local Path, or an ObjectPath (s3://...)
+    tar: storage.AnyPath | None
     count: int
 
 
@@ -68,15 +68,20 @@ def _count_ok(stem: Path) -> int:
         import pyarrow.parquet as pq
 
         return int(
-            pc.sum(pc.equal(pq.read_table(pqf, columns=["status"])["status"], "ok")).as_py() or 0
+            pc.sum(
+                pc.equal(
+                    pq.read_table(storage.random_access(pqf), columns=["status"])["status"], "ok"
+                )
+            ).as_py()
+            or 0
         )
-    with tarfile.open(stem.with_suffix(".tar")) as tf:
-        return sum(1 for n in tf.getnames() if n.endswith(".json"))
+    with storage.open_tar(stem.with_suffix(".tar")) as tf:
+        return sum(1 for m in tf if m.name.endswith(".json"))
 
 
 def list_shards(folder: str | Path) -> list[Shard]:
     """The shards of a longcap output folder, sorted by name; an error when there are none."""
-    root = Path(folder)
+    root = storage.as_path(folder)
     if not root.is_dir():
         raise FileNotFoundError(
             f"{root}: no such folder of shards (build one with `longcap shards`)"
@@ -130,7 +135,7 @@ def read_tar(path: Path, label_field: str | None = None) -> Iterator[dict[str, A
 
     from shards.tar_reader import iter_members
 
-    with tarfile.open(path, "r|*") as tf:
+    with storage.open_tar(path) as tf:
         for member, data, refusal in iter_members(tf):
             if refusal is not None:
                 # Shards made by `longcap shards` never hold such a member: this tar is foreign.
@@ -154,7 +159,8 @@ def read_parquet(path: Path, label_field: str | None = None) -> Iterator[dict[st
     """Records of a shard's Parquet file (ok rows only); needs its `image` column."""
     import pyarrow.parquet as pq
 
-    pf = pq.ParquetFile(path)
+    # From an object store, coalesce each row group's column chunks into few ranged reads.
+    pf = pq.ParquetFile(storage.random_access(path), pre_buffer=storage.is_uri(path))
     names = pf.schema_arrow.names
     if "image" not in names:
         raise ValueError(f"{path}: no image column (built with --no-parquet-images); read the tar")

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from shards import storage
 from train_hooks.benchmarks.imagenet import openai_templates
 from train_hooks.benchmarks.text import short_text_pieces
 from train_hooks.data import image_to_tensor, list_shards, read_shard
@@ -42,7 +43,7 @@ def load_checkpoint(path: str | Path, device: str = "cpu") -> tuple[LoTLIP, Corn
     folder (its latest checkpoint)."""
     from train_hooks.checkpoints import latest_checkpoint, load_checkpoint_file
 
-    p = Path(path)
+    p = storage.as_path(path)  # a local path, or a run or checkpoint in a bucket (s3://...)
     if p.is_dir():
         found = latest_checkpoint(p)
         if found is None:

@@ -30,10 +30,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from shards.runlock import lock_output
+from shards.runlock import lock_output, unlock_output
+from shards.storage import as_path, is_uri
 from train_hooks.checkpoints import (
     checkpoint_dir,
     load_latest_loadable,
+    mirror_folder,
+    pull_run,
+    push_run,
     rng_state,
     set_rng_state,
 )
@@ -446,13 +450,19 @@ def _record(run: Run, rec: dict[str, Any], keys: list[str], bar) -> None:
         bar.update(1)
 
 
-def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
+def train(
+    cfg: TrainConfig, resume: bool = False, overwrite: bool = False, on_checkpoint=None
+) -> dict[str, Any]:
     """Train; returns {"steps", "loss", "checkpoint", "log", "batch_size", "world", "model"}.
     resume: continue from the run folder's latest checkpoint that loads (the same loss curve).
     overwrite: replace an earlier run's files in `cfg.out` (else a non-empty folder is refused).
+    on_checkpoint(run_folder): called by rank 0 after each checkpoint is written.
+    A `cfg.out` URI (s3://...) trains in a local mirror pushed after every checkpoint.
     """
     import torch.distributed as dist
 
+    if is_uri(cfg.out):
+        return _train_remote(cfg, resume, overwrite)
     validate_train_config(cfg)
     if int(os.environ.get("RANK", "0")) == 0:  # one lock per run folder, held by rank 0
         lock_output(cfg.out, "longcap train")
@@ -475,6 +485,8 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
         _record(run, rec, batch["keys"], bar)
         if run.step == end or (cfg.save_every and run.step % cfg.save_every == 0):
             save_checkpoint(run)
+            if on_checkpoint is not None and run.main:
+                on_checkpoint(run.out)
     if bar is not None:
         bar.close()
     del it
@@ -489,3 +501,31 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
         "world": run.world,
         "model": run.model,
     }
+
+
+def _train_remote(cfg: TrainConfig, resume: bool, overwrite: bool) -> dict[str, Any]:
+    """`--out s3://...`: hold the run prefix's lock object, fill a local mirror from it
+    (`pull_run`), train there, and push after every checkpoint (`push_run`)."""
+    from dataclasses import replace
+
+    remote = cfg.out
+    rank0 = int(os.environ.get("RANK", "0")) == 0
+    local = mirror_folder(remote)
+    if rank0:
+        lock_output(remote, "longcap train")
+    try:
+        if rank0:
+            validate_train_config(cfg)
+            local = pull_run(remote, resume, overwrite)
+        res = train(
+            replace(cfg, out=str(local)),
+            resume=resume,
+            on_checkpoint=lambda out: push_run(out, remote),
+        )
+    finally:
+        if rank0:
+            unlock_output(remote)
+    if res["checkpoint"]:
+        res["checkpoint"] = str(as_path(remote) / "checkpoints" / Path(res["checkpoint"]).name)
+    res["log"] = str(as_path(remote) / "log.jsonl")
+    return res
