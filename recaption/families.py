@@ -9,6 +9,15 @@ and the vLLM settings that suit it. Prompt formats are the ones the public check
 - blip-2: `Question: {prompt} Answer:` (vLLM supports BLIP-2, not InstructBLIP, in 0.32).
 - internvl: ChatML with `<image>\\n` before the text (InternVL2/2.5 chat models). The original
   `InternVLChatModel` folders run their own Python code: only with `trust_remote_code: true`.
+- instructblip: the plain instruction, nothing around it (Salesforce/instructblip-vicuna-7b and
+  -flan-t5-xl); the processor puts the 32 Q-Former query tokens before it and gives the
+  instruction to the Q-Former too. Sources: the HF model card (Salesforce/instructblip-vicuna-7b,
+  README.md at revision c3442527 (last changed in f46d9e4), usage: `processor(images=image, text=prompt)` with
+  `prompt = "What is unusual about this image?"`) and LAVIS (salesforce/LAVIS at 506965b,
+  lavis/models/blip2_models/blip2_vicuna_instruct.py lines 262-276 and 354-363: the prompt
+  string as given, tokenised with left padding after the query embeddings;
+  blip2_t5_instruct.py lines 293-305 and 384-394 the same for FlanT5, padded on the right). vLLM cannot run it: the
+  family runs on the `transformers` engine (`engines`).
 """
 
 from __future__ import annotations
@@ -35,6 +44,10 @@ class Family:
     # Architectures whose checkpoints load Python code from the model folder: such a model runs
     # only when its config says `trust_remote_code: true` (pipeline.recaption_config).
     remote_code_architectures: tuple[str, ...] = ()
+    # The built-in engines (recaption.engine.ENGINES) that can run the family; the first is the
+    # one a model config gets when it names none. An engine named `package.module:Class` is
+    # the user's own and always allowed.
+    engines: tuple[str, ...] = ("vllm", "transformers", "openai")
 
     def format_prompt(self, prompt: str) -> str:
         return self.template.replace("{prompt}", prompt)
@@ -80,6 +93,16 @@ FAMILIES: dict[str, Family] = {
             # OpenGVLab's InternVL2/2.5 folders ship their model code; the "-hf" releases
             # (InternVLForConditionalGeneration) are native to transformers and need none.
             remote_code_architectures=("InternVLChatModel",),
+        ),
+        Family(
+            "instructblip",
+            ("InstructBlipForConditionalGeneration",),
+            "{prompt}",
+            image_size=224,
+            max_model_len=2048,
+            # Not in vLLM 0.32's registry, and its Transformers backend cannot run it either
+            # (Q-Former input ids; the FlanT5 releases are encoder-decoder).
+            engines=("transformers", "openai"),
         ),
     )
 }
