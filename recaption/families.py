@@ -11,13 +11,13 @@ and the vLLM settings that suit it. Prompt formats are the ones the public check
   `InternVLChatModel` folders run their own Python code: only with `trust_remote_code: true`.
 - instructblip: the plain instruction, nothing around it (Salesforce/instructblip-vicuna-7b and
   -flan-t5-xl); the processor puts the 32 Q-Former query tokens before it and gives the
-  instruction to the Q-Former too. Sources: the HF model card (Salesforce/instructblip-vicuna-7b,
-  README.md at revision c3442527 (last changed in f46d9e4), usage: `processor(images=image, text=prompt)` with
-  `prompt = "What is unusual about this image?"`) and LAVIS (salesforce/LAVIS at 506965b,
-  lavis/models/blip2_models/blip2_vicuna_instruct.py lines 262-276 and 354-363: the prompt
-  string as given, tokenised with left padding after the query embeddings;
-  blip2_t5_instruct.py lines 293-305 and 384-394 the same for FlanT5, padded on the right). vLLM cannot run it: the
-  family runs on the `transformers` engine (`engines`).
+  instruction to the Q-Former too. Sources: the HF model card of Salesforce/instructblip-vicuna-7b
+  (README.md at revision c3442527, last changed in f46d9e4; usage:
+  `processor(images=image, text=prompt)`, `prompt = "What is unusual about this image?"`) and
+  LAVIS (salesforce/LAVIS at 506965b, lavis/models/blip2_models/blip2_vicuna_instruct.py lines
+  262-276 and 354-363: the prompt string as given, tokenised with left padding after the query
+  embeddings; blip2_t5_instruct.py lines 293-305 and 384-394: the same for FlanT5, padded on
+  the right). vLLM cannot run it: the family runs on the `transformers` engine (`engines`).
 """
 
 from __future__ import annotations
