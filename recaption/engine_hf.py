@@ -105,7 +105,9 @@ class KeyedSampler:
 class TransformersEngine:
     """A Hugging Face model for one model config (`pipeline.recaption_config.ModelConfig`)."""
 
-    def __init__(self, model_cfg: Any) -> None:
+    def __init__(self, model_cfg: Any, loaded: tuple[Any, Any] | None = None) -> None:
+        """Load the model config's checkpoint; or, with `loaded` (model, processor), use those
+        as they are (placed and typed by the caller), e.g. a model built in code."""
         import torch
         import transformers
 
@@ -113,7 +115,7 @@ class TransformersEngine:
         self.family = get_family(model_cfg.family)
         # Never from a family default: only the model's own config may turn it on.
         trust = bool(getattr(model_cfg, "trust_remote_code", False))
-        if self.family.remote_code_architectures and not trust:
+        if self.family.remote_code_architectures and not trust and loaded is None:
             _refuse_remote_code(model_cfg, self.family.remote_code_architectures)
         kwargs = dict(model_cfg.engine_kwargs)
         self.generate_kwargs = dict(kwargs.pop("generate_kwargs", None) or {})
@@ -128,20 +130,27 @@ class TransformersEngine:
                 f"model {model_cfg.name!r}: num_beams > 1 is beam search; set temperature: 0"
             )
         on_gpu = model_cfg.gpus_per_replica > 0
-        self.device = torch.device("cuda" if on_gpu else "cpu")
-        dtype = _torch_dtype(model_cfg.dtype) if on_gpu else torch.float32
-        cls_name = _MODEL_CLASSES.get(model_cfg.family, "AutoModelForImageTextToText")
         t0 = time.perf_counter()
-        self.processor = transformers.AutoProcessor.from_pretrained(
-            model_cfg.path, trust_remote_code=trust
-        )
-        model = getattr(transformers, cls_name).from_pretrained(
-            model_cfg.path, dtype=dtype, trust_remote_code=trust, **kwargs
-        )
-        self.model = model.to(self.device).eval()
-        self.dtype = self.model.dtype
+        if loaded is None:
+            dtype = _torch_dtype(model_cfg.dtype) if on_gpu else torch.float32
+            cls_name = _MODEL_CLASSES.get(model_cfg.family, "AutoModelForImageTextToText")
+            processor = transformers.AutoProcessor.from_pretrained(
+                model_cfg.path, trust_remote_code=trust
+            )
+            model = getattr(transformers, cls_name).from_pretrained(
+                model_cfg.path, dtype=dtype, trust_remote_code=trust, **kwargs
+            )
+            model = model.to(torch.device("cuda" if on_gpu else "cpu"))
+        else:
+            model, processor = loaded
+        self.processor = processor
+        self.model = model.eval()
+        self.device, self.dtype = self.model.device, self.model.dtype
         self.load_seconds = time.perf_counter() - t0
+        self._setup_tokens(transformers.GenerationConfig)
 
+    def _setup_tokens(self, generation_config_cls) -> None:
+        """Padding side, eos and pad ids, and the generation config of token ids only."""
         config = self.model.config
         text_config = config.get_text_config()
         self.encoder_decoder = bool(
@@ -164,7 +173,7 @@ class TransformersEngine:
         ids = {"decoder_start_token_id": gen_cfg.decoder_start_token_id}
         if gen_cfg.bos_token_id is not None:
             ids["bos_token_id"] = gen_cfg.bos_token_id
-        self.generation_config = transformers.GenerationConfig(
+        self.generation_config = generation_config_cls(
             eos_token_id=self.eos_ids or None,
             pad_token_id=self.pad_id,
             **{k: v for k, v in ids.items() if v is not None},

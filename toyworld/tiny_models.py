@@ -285,13 +285,22 @@ def make_qwen2_vl(out: Path, seed: int = 0) -> Path:
     return save_qwen2_vl(model, qwen2_vl_processor(tok), out)
 
 
-def instructblip_config(tok, qformer_tok, text: str = "llama"):
+def instructblip_config(
+    tok,
+    qformer_tok,
+    text: str = "llama",
+    vision: dict | None = None,
+    qformer: dict | None = None,
+    llm: dict | None = None,
+    num_query_tokens: int = 8,
+):
     """A tiny InstructBlipConfig: EVA-style vision tower (56 px, patch 14, 64 wide x 2), a 2-layer
-    Q-Former with 8 queries (the real ones: 32), and a 2-layer Llama (Vicuna) or T5 (FlanT5)."""
+    Q-Former with 8 queries (the real ones: 32), and a 2-layer Llama (Vicuna) or T5 (FlanT5);
+    `vision` / `qformer` / `llm` (Llama only) override the tiny sizes."""
     from transformers import InstructBlipConfig, LlamaConfig, T5Config
 
     if text == "llama":
-        text_cfg = llava_config(tok).text_config
+        text_cfg = llava_config(tok, text=llm).text_config
     else:
         text_cfg = T5Config(
             vocab_size=len(tok),
@@ -316,6 +325,7 @@ def instructblip_config(tok, qformer_tok, text: str = "llama"):
             "num_attention_heads": 2,
             "image_size": 56,
             "patch_size": 14,
+            **(vision or {}),
         },
         qformer_config={
             "vocab_size": len(qformer_tok),
@@ -325,9 +335,10 @@ def instructblip_config(tok, qformer_tok, text: str = "llama"):
             "num_attention_heads": 2,
             "cross_attention_frequency": 1,
             "pad_token_id": qformer_tok.pad_token_id,
+            **(qformer or {}),
         },
         text_config=text_cfg.to_dict(),
-        num_query_tokens=8,
+        num_query_tokens=num_query_tokens,
         image_token_index=tok.convert_tokens_to_ids("<image>"),
     )
 
@@ -346,11 +357,10 @@ def instructblip_processor(tok, qformer_tok, image_size: int = 56, num_query_tok
     )
 
 
-def make_instructblip(out: Path, seed: int = 0, text: str = "llama") -> Path:
-    """Tiny InstructBLIP, `text` "llama" (the Vicuna releases, decoder-only) or "t5" (the FlanT5
-    releases, encoder-decoder); random weights, byte-level BPE tokenizers (the Q-Former's too).
-    Transformers only: vLLM has no InstructBLIP (docs/SCALING.md section 2)."""
-    from transformers import InstructBlipForConditionalGeneration, PreTrainedTokenizerFast
+def instructblip_tokenizers(text: str = "llama"):
+    """(language model tokenizer, Q-Former tokenizer), byte-level BPE trained here; `text`
+    "llama" (Vicuna's special tokens) or "t5" (T5's: pad 0 starts decoding)."""
+    from transformers import PreTrainedTokenizerFast
 
     if text not in ("llama", "t5"):
         raise ValueError(f"text must be 'llama' or 't5', got {text!r}")
@@ -375,6 +385,16 @@ def make_instructblip(out: Path, seed: int = 0, text: str = "llama") -> Path:
         cls_token="[CLS]",
         sep_token="[SEP]",
     )
+    return tok, qformer_tok
+
+
+def make_instructblip(out: Path, seed: int = 0, text: str = "llama") -> Path:
+    """Tiny InstructBLIP, `text` "llama" (the Vicuna releases, decoder-only) or "t5" (the FlanT5
+    releases, encoder-decoder); random weights, byte-level BPE tokenizers (the Q-Former's too).
+    Transformers only: vLLM has no InstructBLIP (docs/SCALING.md section 2)."""
+    from transformers import InstructBlipForConditionalGeneration
+
+    tok, qformer_tok = instructblip_tokenizers(text)
     cfg = instructblip_config(tok, qformer_tok, text)
     _seed_all(seed)
     model = InstructBlipForConditionalGeneration(cfg)
