@@ -21,6 +21,7 @@ About 3-5 minutes on one H100/H200 with the defaults. Run:
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import sys
 import time
@@ -181,7 +182,8 @@ def main() -> None:
             sys.exit(f"--models: {kind!r} is not one of {sorted(SCALING_VLLM)}")
         r = measure(kind, args)
         if not args.tiny:
-            torch.cuda.empty_cache()  # the first model's weights are garbage by now
+            gc.collect()  # the first model's weights are garbage by now: free them
+            torch.cuda.empty_cache()
         print(json.dumps(r))
         lo, mid, hi = ESTIMATE_HF[kind]
         vlo, vmid, vhi = SCALING_VLLM[kind]
