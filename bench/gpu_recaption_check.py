@@ -12,9 +12,10 @@ the engine's rate at that length, not a guess at where random weights stop.
 
 Needs torch, transformers, pillow and numpy, no vLLM and no Ray: the engine is driven in this
 process as an actor would drive it (`generate(keys, images)` per batch), in bf16 on `cuda`.
-About 3-5 minutes on one H100/H200 with the defaults. Run:
-    python bench/gpu_recaption_check.py [--models llava instructblip] [--batch-size 64]
-        [--tokens 200] [--batches 3]
+About 3-5 minutes on one H100/H200 with the defaults (est.). Run:
+    python bench/gpu_recaption_check.py [--models llava instructblip] [--batch-size N]
+        [--tokens 256] [--batches 3]
+256 tokens: a static batch decodes until its longest caption ends, at the cap nearly always.
 `--tiny` runs the same code on tiny shapes on the CPU (float32), to check the script itself.
 """
 
@@ -29,10 +30,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-# docs/SCALING.md section 3: images/s per H100 for a 7B on vLLM at ~200 tokens per caption
-# (pessimistic, central, optimistic), and docs/parts/eng-hf.md: the transformers engine.
-SCALING_VLLM = {"llava": (8, 20, 30), "instructblip": (25, 25, 30)}
-ESTIMATE_HF = {"llava": (4, 7, 11), "instructblip": (5, 9, 14)}
+# Images/s per H100 (pessimistic, central, optimistic), *est.*: the transformers engine at the
+# 256-token cap (docs/parts/eng-hf.md, at batch 64 for llava and 128 for instructblip), and
+# vLLM at ~200 tokens per caption (docs/SCALING.md section 3; InstructBLIP had vLLM run it).
+ESTIMATE_HF = {"llava": (2, 5, 8), "instructblip": (5, 14, 23)}
+SCALING_VLLM = {"llava": "20 (8-30)", "instructblip": "25-30 (had vLLM run it)"}
+BATCH = {"llava": 64, "instructblip": 128}  # what fits an 80 GB GPU (docs/parts/eng-hf.md)
 
 _LLAMA_7B = {
     "hidden_size": 4096,
@@ -128,7 +131,7 @@ def measure(kind: str, args) -> dict:
     engine = TransformersEngine(mcfg, loaded=(model, processor))
     rng = np.random.default_rng(0)
     side = 384  # decoded web images arrive at a few hundred px; the processor resizes them
-    n = args.batch_size
+    n = args.batch_size or (8 if args.tiny else BATCH[kind])
     images = [rng.integers(0, 256, (side, side, 3), dtype=np.uint8) for _ in range(n)]
 
     def batch(i: int):
@@ -167,8 +170,8 @@ def measure(kind: str, args) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", nargs="+", default=["llava", "instructblip"])
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--tokens", type=int, default=200, help="tokens per caption, fixed")
+    parser.add_argument("--batch-size", type=int, help="default: 64 llava, 128 instructblip")
+    parser.add_argument("--tokens", type=int, default=256, help="tokens per caption, fixed")
     parser.add_argument("--batches", type=int, default=3, help="timed batches after a warm-up")
     parser.add_argument("--tiny", action="store_true", help="tiny shapes on the CPU")
     args = parser.parse_args()
@@ -186,15 +189,15 @@ def main() -> None:
             torch.cuda.empty_cache()
         print(json.dumps(r))
         lo, mid, hi = ESTIMATE_HF[kind]
-        vlo, vmid, vhi = SCALING_VLLM[kind]
         print(
             f"{kind} ({r['shape']}, {r['device']}, {r['dtype']}, batch {r['batch_size']}, "
             f"{r['tokens_per_caption']:.0f} tokens/caption): {r['images_per_s']:.2f} images/s, "
             f"{r['output_tokens_per_s']:.0f} output tokens/s"
         )
         print(
-            f"  estimates per H100 at ~200 tokens: transformers engine {mid} ({lo}-{hi}, "
-            f"docs/parts/eng-hf.md); vLLM {vmid} ({vlo}-{vhi}, docs/SCALING.md section 3)"
+            f"  estimates per H100: transformers engine {mid} ({lo}-{hi}) at 256 tokens, batch "
+            f"{BATCH[kind]} (docs/parts/eng-hf.md); vLLM {SCALING_VLLM[kind]} at ~200 tokens "
+            "(docs/SCALING.md section 3)"
         )
         if args.tiny:
             print("  (tiny shapes on the CPU: checks the script, says nothing about a GPU)")
