@@ -7,6 +7,9 @@ trained here on generated captions, and the weights are drawn from a seeded gene
 same call gives the same files. The shapes follow what vLLM's CPU backend accepts (attention
 head size 64, see shared/ENVIRONMENT.md). Captions from random weights are gibberish; they
 exercise every part of the pipeline but say nothing about quality.
+
+The InstructBLIP ones (`instructblip`: Vicuna-style Llama; `instructblip-t5`: FlanT5-style
+encoder-decoder) run on the transformers engine only.
 """
 
 from __future__ import annotations

@@ -190,6 +190,18 @@ def test_generate_kwargs_may_not_override_the_config(hf_models):
         )
 
 
+def test_remote_code_checkpoint_is_refused_without_the_config_saying_so(tmp_path):
+    import json
+
+    from pipeline.recaption_config import ModelConfig
+    from recaption.engine_hf import TransformersEngine
+
+    (tmp_path / "config.json").write_text(json.dumps({"architectures": ["InternVLChatModel"]}))
+    cfg = ModelConfig(name="ivl", family="internvl", path=str(tmp_path), engine="transformers")
+    with pytest.raises(ValueError, match="trust_remote_code: true"):
+        TransformersEngine(cfg)
+
+
 def test_beam_search_runs_greedy_only(hf_models, images):
     eng = _engine(hf_models, "instructblip", engine_kwargs={"generate_kwargs": {"num_beams": 2}})
     gens = eng.generate(KEYS[:3], images[:3])
