@@ -8,8 +8,14 @@ settings and sampling, one command:
   2. pipeline: `pipeline.recaption.run` on a local Ray: decode tasks, one engine actor, atomic
      Parquet output per unit; steady state = images of the units finished after the first
      unit, over the time between the first and the last unit finishing.
-The two alternate `--repeat` times (3); the median of the paired ratios is the figure.
+  3. transformers: one process loads the `transformers` engine (recaption.engine_hf) on the same
+     checkpoint and the same pre-decoded images, `--hf-batch` images per `generate` call (one
+     padded batch each), same max_tokens and temperature; steady state as for bare.
+The three alternate `--repeat` times (3); the medians of the paired ratios (pipeline / bare,
+transformers / bare) are the figures. Mean generated tokens per image are printed beside the
+images/s: the engines sample differently, so their captions can differ in length.
 Run: .venv/bin/python bench/recaption.py [--images 2400] [--shard 200] [--max-tokens 64]
+     [--hf-batch 16]
 """
 
 from __future__ import annotations
@@ -64,13 +70,37 @@ def bare(model: str, inp: str, max_tokens: int) -> None:
     engine = CaptionEngine(cfg)  # the same LLM(...) arguments and sampling as the actors
     size = engine.family.image_size
     shards = [decode_shard(inp, n, size) for n in shard_names(Path(inp))]
-    times = []
+    _time_engine(engine, shards, len(shards[0].keys))
+
+
+def _time_engine(engine, shards, batch: int) -> None:
+    """Caption every shard, `batch` images per engine call; print one JSON line: steady-state
+    images/s (every shard after the first), mean generated tokens per image, load time."""
+    times, tokens = [], []
     for d in shards:
         t0 = time.perf_counter()
-        engine.generate(d.keys, d.images)
+        for i in range(0, len(d.keys), batch):
+            gens = engine.generate(d.keys[i : i + batch], d.images[i : i + batch])
+            tokens += [g.generated_tokens for g in gens]
         times.append(time.perf_counter() - t0)
     steady = sum(len(d.keys) for d in shards[1:]) / sum(times[1:])
-    print(json.dumps({"steady_images_per_s": steady, "load_s": engine.load_seconds}))
+    out = {"steady_images_per_s": steady, "tokens_per_image": sum(tokens) / len(tokens)}
+    print(json.dumps({**out, "load_s": engine.load_seconds}))
+
+
+def hf(model: str, inp: str, max_tokens: int, batch: int) -> None:
+    """Child process: the transformers engine on pre-decoded images; prints one JSON line."""
+    from pipeline.recaption_config import ModelConfig
+    from recaption.engine_hf import TransformersEngine
+    from recaption.units import decode_shard
+    from shards.readers import shard_names
+
+    cfg = ModelConfig(
+        name="hf", family="llava-1.5", path=model, max_tokens=max_tokens, engine="transformers"
+    )
+    engine = TransformersEngine(cfg)
+    size = engine.family.image_size
+    _time_engine(engine, [decode_shard(inp, n, size) for n in shard_names(Path(inp))], batch)
 
 
 def main() -> None:
@@ -80,10 +110,15 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--work", default="/tmp/longcap_bench_recaption")
     parser.add_argument("--repeat", type=int, default=3, help="bare/pipeline pairs")
+    parser.add_argument("--hf-batch", type=int, default=16, help="transformers images per call")
     parser.add_argument("--bare-child", nargs=2, metavar=("MODEL", "INPUT"))
+    parser.add_argument("--hf-child", nargs=2, metavar=("MODEL", "INPUT"))
     args = parser.parse_args()
     if args.bare_child:
         bare(*args.bare_child, args.max_tokens)
+        return
+    if args.hf_child:
+        hf(*args.hf_child, args.max_tokens, args.hf_batch)
         return
     import yaml
 
@@ -99,6 +134,8 @@ def main() -> None:
     env = {**os.environ, "VLLM_LOGGING_LEVEL": "WARNING"}
     child = [sys.executable, __file__, "--bare-child", model, str(inp)]
     child += ["--max-tokens", str(args.max_tokens)]
+    hf_child = [sys.executable, __file__, "--hf-child", model, str(inp)]
+    hf_child += ["--max-tokens", str(args.max_tokens), "--hf-batch", str(args.hf_batch)]
     cfg_path = work / "run.yaml"
     cfg_path.write_text(
         yaml.safe_dump(
@@ -129,15 +166,18 @@ def main() -> None:
 
     # Alternate bare and pipeline runs: on a shared 2-core machine the load drifts over minutes,
     # and pairing the runs keeps the drift out of the ratio.
-    rows = []
+    rows, hf_rows = [], []
     for _ in range(args.repeat):
         out = subprocess.run(child, env=env, capture_output=True, text=True, check=True).stdout
-        bare_rate = json.loads(out.strip().splitlines()[-1])["steady_images_per_s"]
+        bare_out = json.loads(out.strip().splitlines()[-1])
+        bare_rate = bare_out["steady_images_per_s"]
         shutil.rmtree(work / "out", ignore_errors=True)
         report = run(load_config(cfg_path))
         ray.shutdown()
         m = report["models"]["llava"]
         rows.append((bare_rate, m["steady_images_per_s"], report["wall_seconds"]))
+        out = subprocess.run(hf_child, env=env, capture_output=True, text=True, check=True).stdout
+        hf_rows.append((bare_out, json.loads(out.strip().splitlines()[-1])))
     print(f"{args.images} images in shards of {args.shard}, 96 px JPEG, tiny LLaVA-1.5, ")
     print(f"max_tokens {args.max_tokens}; machine {platform.machine()}, {os.cpu_count()} cores")
     print()
@@ -152,6 +192,22 @@ def main() -> None:
         f"\nmedian ratio {ratios[len(ratios) // 2]:.2f}; pipeline job wall time "
         f"{rows[-1][2]:.1f}s incl. Ray start and engine load"
     )
+    print(f"\ntransformers engine, {args.hf_batch} images per generate call:\n")
+    print(
+        "| pair | bare `vllm.LLM.generate` images/s (tokens/image) "
+        "| transformers engine images/s (tokens/image) | ratio |"
+    )
+    print("|---|---:|---:|---:|")
+    hf_ratios = []
+    for i, (b, h) in enumerate(hf_rows, 1):
+        b_rate, h_rate = b["steady_images_per_s"], h["steady_images_per_s"]
+        hf_ratios.append(h_rate / b_rate)
+        print(
+            f"| {i} | {b_rate:.1f} ({b['tokens_per_image']:.1f}) "
+            f"| {h_rate:.1f} ({h['tokens_per_image']:.1f}) | {h_rate / b_rate:.2f} |"
+        )
+    hf_ratios.sort()
+    print(f"\nmedian ratio transformers / bare vLLM {hf_ratios[len(hf_ratios) // 2]:.2f}")
 
 
 if __name__ == "__main__":

@@ -45,7 +45,15 @@ class ModelConfig:
     # One of recaption.engine.ENGINES ("vllm", "transformers", "openai"), or
     # "package.module:Class" for another engine with CaptionEngine's interface
     # (`Class(model_cfg)`, `.load_seconds`, `.generate(keys, images)`), e.g. a stand-in in tests.
-    engine: str = "vllm"
+    # None: the family's default (`Family.engines[0]`: vllm, transformers for instructblip).
+    engine: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.engine is None:
+            from recaption.families import FAMILIES
+
+            family = FAMILIES.get(self.family)  # an unknown family is _validate_model's error
+            self.engine = family.engines[0] if family else "vllm"
 
 
 @dataclass
@@ -103,6 +111,19 @@ def _validate_model(m: ModelConfig, where: str) -> None:
     for name, ok, msg in checks:
         if not ok:
             raise config_error(f"{where}.{name}", f"{msg}, got {getattr(m, name)!r}")
+    family = FAMILIES[m.family]
+    if m.engine in ENGINES and m.engine not in family.engines:
+        raise config_error(
+            f"{where}.engine",
+            f"family {m.family!r} does not run on the {m.engine!r} engine; set "
+            f"`engine: {family.engines[0]}` (it runs on: {', '.join(family.engines)})",
+        )
+    if m.engine == "transformers" and m.gpus_per_replica > 1:
+        raise config_error(
+            f"{where}.gpus_per_replica",
+            "the transformers engine runs a model on one GPU (or a share of one); for more "
+            f"GPUs raise `replicas`, got {m.gpus_per_replica!r}",
+        )
 
 
 def parse_config(data: Any, source: str = "config") -> RecaptionConfig:

@@ -41,6 +41,15 @@ ship none, written after the official ones:
   `<IMG_CONTEXT>\\n` for the image (transformers' models/internvl/convert_internvl_weights_to_hf.py,
   `chat_template`), which vLLM 0.32 runs as InternS1ForConditionalGeneration
   (models/interns1.py) without remote code.
+- instructblip: the plain instruction, nothing around it (Salesforce/instructblip-vicuna-7b and
+  -flan-t5-xl); the processor puts the 32 Q-Former query tokens before it and gives the
+  instruction to the Q-Former too. Sources: the HF model card of Salesforce/instructblip-vicuna-7b
+  (README.md at revision c3442527, last changed in f46d9e4; usage:
+  `processor(images=image, text=prompt)`, `prompt = "What is unusual about this image?"`) and
+  LAVIS (salesforce/LAVIS at 506965b, lavis/models/blip2_models/blip2_vicuna_instruct.py lines
+  262-276 and 354-363: the prompt string as given, tokenised with left padding after the query
+  embeddings; blip2_t5_instruct.py lines 293-305 and 384-394: the same for FlanT5, padded on
+  the right). vLLM cannot run it: the family runs on the `transformers` engine (`engines`).
 """
 
 from __future__ import annotations
@@ -125,6 +134,10 @@ class Family:
     image_placeholder: str | None = None
     # Named alternatives to `template` (InternVL's chat formats), chosen per checkpoint.
     variants: dict[str, str] = field(default_factory=dict)
+    # The built-in engines (recaption.engine.ENGINES) that can run the family; the first is the
+    # one a model config gets when it names none. An engine named `package.module:Class` is
+    # the user's own and always allowed.
+    engines: tuple[str, ...] = ("vllm", "transformers", "openai")
 
     def format_prompt(self, prompt: str, variant: str | None = None) -> str:
         """The prompt in this family's format (or its named variant's)."""
@@ -189,6 +202,16 @@ FAMILIES: dict[str, Family] = {
             SHAREGPT4V_TEMPLATE,
             image_size=336,
             stop=("</s>", "USER:"),
+        ),
+        Family(
+            "instructblip",
+            ("InstructBlipForConditionalGeneration",),
+            "{prompt}",
+            image_size=224,
+            max_model_len=2048,
+            # Not in vLLM 0.32's registry, and its Transformers backend cannot run it either
+            # (Q-Former input ids; the FlanT5 releases are encoder-decoder).
+            engines=("transformers", "openai"),
         ),
     )
 }

@@ -7,16 +7,33 @@ trained here on generated captions, and the weights are drawn from a seeded gene
 same call gives the same files. The shapes follow what vLLM's CPU backend accepts (attention
 head size 64, see shared/ENVIRONMENT.md). Captions from random weights are gibberish; they
 exercise every part of the pipeline but say nothing about quality.
+
+The InstructBLIP ones (`instructblip`: Vicuna-style Llama; `instructblip-t5`: FlanT5-style
+encoder-decoder) run on the transformers engine only.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
-TINY_FAMILIES = ("llava-1.5", "qwen2-vl", "qwen2.5-vl", "blip-2", "internvl", "sharegpt4v")
+TINY_FAMILIES = (
+    "llava-1.5",
+    "qwen2-vl",
+    "qwen2.5-vl",
+    "blip-2",
+    "internvl",
+    "sharegpt4v",
+    "instructblip",
+    "instructblip-t5",
+)
 _VOCAB = 2048
 _LLAVA_SPECIALS = ["<unk>", "<s>", "</s>", "<image>", "<pad>"]
+# Tiny models that are a variant of a family, named apart: name -> family.
+_VARIANT_OF = {"instructblip-t5": "instructblip"}
+_T5_SPECIALS = ["<pad>", "</s>", "<unk>", "<image>"]  # T5's ids 0, 1, 2; pad starts decoding
+_QFORMER_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"]  # BERT's names; pad id 0 as Q-Former's
 _QWEN_SPECIALS = [
     "<|endoftext|>",
     "<|im_start|>",
@@ -305,8 +322,136 @@ def make_qwen2_vl(out: Path, seed: int = 0) -> Path:
     return save_qwen2_vl(model, qwen2_vl_processor(tok), out)
 
 
+def instructblip_config(
+    tok,
+    qformer_tok,
+    text: str = "llama",
+    vision: dict | None = None,
+    qformer: dict | None = None,
+    llm: dict | None = None,
+    num_query_tokens: int = 8,
+):
+    """A tiny InstructBlipConfig: EVA-style vision tower (56 px, patch 14, 64 wide x 2), a 2-layer
+    Q-Former with 8 queries (the real ones: 32), and a 2-layer Llama (Vicuna) or T5 (FlanT5);
+    `vision` / `qformer` / `llm` (Llama only) override the tiny sizes."""
+    from transformers import InstructBlipConfig, LlamaConfig, T5Config
+
+    if text == "llama":
+        text_cfg = llava_config(tok, text=llm).text_config
+    else:
+        text_cfg = T5Config(
+            vocab_size=len(tok),
+            d_model=64,
+            d_kv=32,
+            d_ff=128,
+            num_layers=2,
+            num_decoder_layers=2,
+            num_heads=2,
+            feed_forward_proj="gated-gelu",  # as FlanT5
+            tie_word_embeddings=False,
+            pad_token_id=tok.pad_token_id,
+            eos_token_id=tok.eos_token_id,
+            decoder_start_token_id=tok.pad_token_id,
+        )
+    assert isinstance(text_cfg, LlamaConfig | T5Config)
+    return InstructBlipConfig(
+        vision_config={
+            "hidden_size": 64,
+            "intermediate_size": 128,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "image_size": 56,
+            "patch_size": 14,
+            **(vision or {}),
+        },
+        qformer_config={
+            "vocab_size": len(qformer_tok),
+            "hidden_size": 64,
+            "intermediate_size": 128,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "cross_attention_frequency": 1,
+            "pad_token_id": qformer_tok.pad_token_id,
+            **(qformer or {}),
+        },
+        text_config=text_cfg.to_dict(),
+        num_query_tokens=num_query_tokens,
+        image_token_index=tok.convert_tokens_to_ids("<image>"),
+    )
+
+
+def instructblip_processor(tok, qformer_tok, image_size: int = 56, num_query_tokens: int = 8):
+    """An InstructBlipProcessor: BLIP image processor (image_size px square), the language
+    model's tokenizer (its `<image>` token repeated num_query_tokens times before the prompt)
+    and the Q-Former's own tokenizer (the instruction goes to the Q-Former too)."""
+    from transformers import BlipImageProcessor, InstructBlipProcessor
+
+    return InstructBlipProcessor(
+        image_processor=BlipImageProcessor(size={"height": image_size, "width": image_size}),
+        tokenizer=tok,
+        qformer_tokenizer=qformer_tok,
+        num_query_tokens=num_query_tokens,
+    )
+
+
+def instructblip_tokenizers(text: str = "llama"):
+    """(language model tokenizer, Q-Former tokenizer), byte-level BPE trained here; `text`
+    "llama" (Vicuna's special tokens) or "t5" (T5's: pad 0 starts decoding)."""
+    from transformers import PreTrainedTokenizerFast
+
+    if text not in ("llama", "t5"):
+        raise ValueError(f"text must be 'llama' or 't5', got {text!r}")
+    # `<image>` is in the vocabulary but not named as the tokenizer's image_token: transformers
+    # 5.19's InstructBlipProcessor then wraps it itself (given as a name, it fails on a str).
+    if text == "llama":
+        specials = {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>"}
+        tok = PreTrainedTokenizerFast(
+            tokenizer_object=train_bpe(_LLAVA_SPECIALS), unk_token="<unk>", **specials
+        )
+    else:
+        tok = PreTrainedTokenizerFast(
+            tokenizer_object=train_bpe(_T5_SPECIALS),
+            pad_token="<pad>",
+            eos_token="</s>",
+            unk_token="<unk>",
+        )
+    qformer_tok = PreTrainedTokenizerFast(
+        tokenizer_object=train_bpe(_QFORMER_SPECIALS, vocab_size=512),
+        pad_token="[PAD]",
+        unk_token="[UNK]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+    )
+    return tok, qformer_tok
+
+
+def make_instructblip(out: Path, seed: int = 0, text: str = "llama") -> Path:
+    """Tiny InstructBLIP, `text` "llama" (the Vicuna releases, decoder-only) or "t5" (the FlanT5
+    releases, encoder-decoder); random weights, byte-level BPE tokenizers (the Q-Former's too).
+    Transformers only: vLLM has no InstructBLIP (docs/SCALING.md section 2)."""
+    from transformers import InstructBlipForConditionalGeneration
+
+    tok, qformer_tok = instructblip_tokenizers(text)
+    cfg = instructblip_config(tok, qformer_tok, text)
+    _seed_all(seed)
+    model = InstructBlipForConditionalGeneration(cfg)
+    if text == "t5":
+        import torch
+
+        # transformers ties T5's output layer to its input embeddings: random ones make the
+        # decoder's start token (pad) its own best successor, and every caption empty. A zero
+        # pad embedding (as a padding_idx would give) lets the random model write text.
+        with torch.no_grad():
+            model.get_input_embeddings().weight[tok.pad_token_id] = 0
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    instructblip_processor(tok, qformer_tok, 56, cfg.num_query_tokens).save_pretrained(out)
+    return out
+
+
 def make_tiny_models(root: str | Path, families=TINY_FAMILIES, seed: int = 0) -> dict[str, Path]:
-    """Create the tiny models under root; returns family -> folder."""
+    """Create the tiny models under root; returns name -> folder. The names are family names,
+    except "instructblip-t5": the `instructblip` family's FlanT5 (encoder-decoder) variant."""
     from toyworld.tiny_vlms import make_blip2, make_internvl, make_qwen2_5_vl
 
     builders = {
@@ -317,13 +462,16 @@ def make_tiny_models(root: str | Path, families=TINY_FAMILIES, seed: int = 0) ->
         "internvl": make_internvl,
     }
     builders["sharegpt4v"] = make_sharegpt4v_released  # released layout: convert before use
+    builders["instructblip"] = make_instructblip
+    builders["instructblip-t5"] = functools.partial(make_instructblip, text="t5")
     root = Path(root)
     made = {}
     for fam in families:
         if fam not in builders:
             raise ValueError(f"no tiny model for family {fam!r}; one of {sorted(builders)}")
         made[fam] = builders[fam](root / fam, seed=seed)
-        (root / fam / "longcap_tiny.json").write_text(json.dumps({"family": fam, "seed": seed}))
+        family = _VARIANT_OF.get(fam, fam)
+        (root / fam / "longcap_tiny.json").write_text(json.dumps({"family": family, "seed": seed}))
     return made
 
 

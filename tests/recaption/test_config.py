@@ -82,6 +82,7 @@ def test_minimal_config_gets_every_default(tmp_path):
         "family",
         "path",
     }
+    model["engine"] = "vllm"  # default None: the family's first engine, vllm for llava-1.5
     for name, value in model.items():
         assert getattr(m, name) == value, name
     # The defaults that matter to a user, spelled out: a CPU run, the documented prompt.
