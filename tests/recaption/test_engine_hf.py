@@ -76,7 +76,7 @@ def test_one_row_per_key_in_order(engines, images, name):
             assert g.generated_tokens == 8
         # Prompt tokens: the key's own prompt with its image tokens, padding not counted.
         alone = eng.processor(
-            images=[img], text=[eng.family.format_prompt(g.prompt)], return_tensors="pt"
+            images=[img], text=[eng.render_prompt(g.prompt)], return_tensors="pt"
         )
         assert g.prompt_tokens == int(alone["attention_mask"].sum()) > 0
     assert eng.generate([], []) == []
