@@ -66,11 +66,12 @@ def cluster_distributor(
 
     settings = _settings()
     cpus = float(settings["cpus_per_shard"])
-    task = ray.remote(download_shard).options(
-        num_cpus=cpus,
-        max_retries=int(settings["max_task_retries"]),  # a lost worker or node: Ray resends
-        runtime_env={"env_vars": settings["env"]},
-    )
+    task = ray.remote(download_shard)
+    options = {
+        "num_cpus": cpus,
+        "max_retries": int(settings["max_task_retries"]),  # a lost worker or node: Ray resends
+        "runtime_env": {"env_vars": settings["env"]},
+    }
     slots = max(1, int(ray.cluster_resources().get("CPU", 1) // cpus))
     window = 2 * slots
     report_path = Path(settings["report"])
@@ -92,7 +93,8 @@ def cluster_distributor(
             per_node[node] += 1
             # soft: if that node dies or cannot take it, Ray runs the shard elsewhere.
             strategy = NodeAffinitySchedulingStrategy(node, soft=True)
-        pending[task.options(scheduling_strategy=strategy).remote(shared, row)] = (row, tries, node)
+        ref = task.options(**options, scheduling_strategy=strategy).remote(shared, row)
+        pending[ref] = (row, tries, node)
 
     while pending or not exhausted:
         while not exhausted and len(pending) < window:

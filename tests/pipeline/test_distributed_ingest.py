@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 
@@ -96,3 +98,43 @@ def test_distributed_ingest_resumes_after_a_kill(url_list, build_env, tmp_path):
     rest = {f"{i:05d}" for i in range(N_SHARDS)} - {n[:5] for n in killed_at}
     assert rest <= set(tasks), tasks
     assert all(t["ok"] and t["node"] for t in tasks.values()), tasks
+
+
+def test_distributor_ray_runs_the_cluster_entry_point_with_the_policy(tmp_path, monkeypatch):
+    """`distributor: ray` starts pipeline.ingest_ray (not the one-machine entry point) with the
+    cluster's address and, for every shard task, the URL policy in its environment."""
+    from pipeline import ingest
+    from pipeline.ingest_ray import SETTINGS_ENV
+    from pipeline.url_policy import POLICY_ENV
+
+    seen = {}
+
+    def fake_popen(cmd, **kwargs):
+        seen.update(cmd=cmd, **kwargs)
+        return subprocess.Popen(["true"])
+
+    monkeypatch.setattr(ingest, "popen_tied", fake_popen)
+    cfg = ingest.IngestConfig(
+        url_list="u.csv", distributor="ray", cpus_per_shard=0.5, allowed_networks=["10.0.0.0/8"]
+    )
+    with pytest.raises(ValueError, match="ingest.distributor"):
+        ingest.start_ingest(cfg, tmp_path, [])
+    ingest.start_ingest(cfg, tmp_path, [], ray_address="127.0.0.2:6379").wait()
+    assert seen["cmd"][:3] == [sys.executable, "-m", "pipeline.ingest_ray"]
+    assert seen["cmd"][seen["cmd"].index("--distributor") + 1] == "ray"
+    settings = json.loads(seen["env"][SETTINGS_ENV])
+    assert settings["address"] == "127.0.0.2:6379" and settings["cpus_per_shard"] == 0.5
+    policy = json.loads(settings["env"][POLICY_ENV])
+    assert policy == json.loads(seen["env"][POLICY_ENV]) and "10.0.0.0/8" in json.dumps(policy)
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [("distributor", "spark", "must be one of"), ("cpus_per_shard", 0, "must be > 0")],
+)
+def test_bad_distributor_fields_name_the_field(field, value, message):
+    from pipeline.build import _ingest_config
+    from pipeline.config_loader import ConfigError
+
+    with pytest.raises(ConfigError, match=f"build.yaml: ingest.{field}: {message}"):
+        _ingest_config({"url_list": "u.csv", field: value}, "build.yaml: ingest")
