@@ -1,13 +1,14 @@
 """`longcap build`: URL list -> img2dataset -> recaption (all models) -> assemble -> statistics.
 
-Run locally as `longcap build --config build.yaml`, or on a cluster as `ray job submit ... --
-python -m pipeline.build --config build.yaml`. The stages overlap: a shard is recaptioned as soon
-as img2dataset has finished it, and assembled as soon as every model has captioned it; no stage
-waits for a whole earlier stage. Every stage writes one output per shard atomically and skips
-what is already written, so a killed build, run again, finishes the work without redoing or
-duplicating any. Layout under `output`:
+Run locally as `longcap build --config build.yaml`, or on a cluster as `longcap submit --address
+http://HEAD:8265 -- build --config build.yaml` (pipeline/submit.py). The stages overlap: a shard
+is recaptioned as soon as img2dataset has finished it, and assembled as soon as every model has
+captioned it; no stage waits for a whole earlier stage. Every stage writes one output per shard
+atomically and skips what is already written, so a killed build, run again, finishes the work
+without redoing or duplicating any. Layout under `output`:
   ingest/urls.parquet, ingest/rejected.parquet   the checked URL list and the rows refused
   ingest/shards/NNNNN.{tar,parquet,_stats.json}  img2dataset's output
+  ingest/ingest_tasks.json                       node and tries per shard (distributor: ray)
   recaption/captions/<model>/NNNNN.parquet       captions, recaption/recaption_report.json
   shards/NNNNN.{parquet,tar,_stats.json}         the dataset (shards/rejected/: refused rows)
   stats/stats.json, stats/*.png                  `longcap stats` of the dataset

@@ -14,7 +14,7 @@ URL row of a finished shard is a sample or a failure row of img2dataset's Parque
 Why not img2dataset's own `ray` distributor: it submits every shard at once, ignores a shard
 that failed (img2dataset's downloader returns False rather than raising) and gives up on the
 first lost task. Here a shard task runs with Ray's retries for lost workers and nodes
-(`max_retries`), goes to the node with the fewest shards in flight, and a shard that failed is
+(`max_retries`), is spread over the nodes with CPUs free (`SPREAD`), and a shard that failed is
 sent again up to img2dataset's `max_shard_retry` times; what stays failed has no stats file, and
 the build says so (and a rerun downloads it). Every node runs the same policy: a task
 unpickles img2dataset's downloader, whose class is `pipeline.safe_download.PolicyDownloader`, so
@@ -28,7 +28,6 @@ import json
 import os
 import sys
 import time
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -62,23 +61,22 @@ def cluster_distributor(
     writes shard files only a little ahead of the downloads."""
     import ray
     from ray.exceptions import RayError
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     settings = _settings()
     cpus = float(settings["cpus_per_shard"])
-    task = ray.remote(download_shard)
-    options = {
-        "num_cpus": cpus,
-        "max_retries": int(settings["max_task_retries"]),  # a lost worker or node: Ray resends
-        "runtime_env": {"env_vars": settings["env"]},
-    }
+    task = ray.remote(download_shard).options(
+        num_cpus=cpus,
+        max_retries=int(settings["max_task_retries"]),  # a lost worker or node: Ray resends
+        runtime_env={"env_vars": settings["env"]},
+        # Over the nodes with CPUs free at that moment (Ray's default packs tasks onto few).
+        scheduling_strategy="SPREAD",
+    )
     slots = max(1, int(ray.cluster_resources().get("CPU", 1) // cpus))
     window = 2 * slots
     report_path = Path(settings["report"])
     report: dict[str, Any] = json.loads(report_path.read_text()) if report_path.exists() else {}
     shards: dict[str, Any] = report.setdefault("shards", {})
-    pending: dict[Any, tuple[tuple[int, str], int, str | None]] = {}
-    per_node: Counter[str] = Counter()  # shards in flight per node
+    pending: dict[Any, tuple[tuple[int, str], int]] = {}
     rows = iter(reader)
     exhausted = False
     t0 = time.time()
@@ -86,15 +84,7 @@ def cluster_distributor(
     shared = ray.put(downloader)  # pickled once, not once per shard
 
     def submit(row: tuple[int, str], tries: int) -> None:
-        node = _least_busy_node(cpus, per_node)
-        if node is None:
-            strategy: Any = "SPREAD"
-        else:
-            per_node[node] += 1
-            # soft: if that node dies or cannot take it, Ray runs the shard elsewhere.
-            strategy = NodeAffinitySchedulingStrategy(node, soft=True)
-        ref = task.options(**options, scheduling_strategy=strategy).remote(shared, row)
-        pending[ref] = (row, tries, node)
+        pending[task.remote(shared, row)] = (row, tries)
 
     while pending or not exhausted:
         while not exhausted and len(pending) < window:
@@ -107,9 +97,7 @@ def cluster_distributor(
             break
         done, _ = ray.wait(list(pending), num_returns=1)
         ref = done[0]
-        row, tries, sent_to = pending.pop(ref)
-        if sent_to is not None:
-            per_node[sent_to] -= 1
+        row, tries = pending.pop(ref)
         name = f"{row[0]:05d}"
         try:
             ok, _row, node = ray.get(ref)
@@ -123,19 +111,6 @@ def cluster_distributor(
         _write_json(report_path, report)
     report["last_run_seconds"] = time.time() - t0
     _write_json(report_path, report)
-
-
-def _least_busy_node(cpus: float, per_node: Counter[str]) -> str | None:
-    """The alive node with room for a shard task that has the fewest shards in flight, so that
-    downloads use every node (Ray's SPREAD only spreads over nodes with CPUs free at that moment,
-    and engine actors and decode tasks hold most of them: one node can get nearly every shard).
-    None when no node has `cpus` CPUs (then Ray places the task)."""
-    import ray
-
-    nodes = [
-        n["NodeID"] for n in ray.nodes() if n["Alive"] and n["Resources"].get("CPU", 0) >= cpus
-    ]
-    return min(nodes, key=lambda n: per_node[n]) if nodes else None
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:

@@ -1,8 +1,9 @@
 """A Ray cluster of three nodes on this machine: units and downloads spread over both workers,
 and a worker node lost in the middle of a recaption job.
 
-The head (127.0.0.2) has no CPUs, so it only runs the drivers; each worker (127.0.0.3, .4) has 3
-CPUs, room for one engine actor of 2 CPUs and one task (a download or a decode) beside it. The
+The head (127.0.0.2) has no CPUs, so it only runs the drivers; each worker (127.0.0.3, .4) has 5
+CPUs, room for one engine actor of 3 CPUs (never two on one node) and two tasks (downloads,
+decodes) beside it; a lost worker's actor finds no room on the other. The
 caption engine is the stub (tests/recaption/stub_engine.py), slowed so that units last seconds.
 Losing a node kills its whole session (raylet, object store, workers), as when a machine is lost.
 """
@@ -34,7 +35,7 @@ WORKERS = ("127.0.0.3", "127.0.0.4")
 @pytest.fixture(scope="module")
 def cluster():
     pytest.importorskip("ray")
-    c = start_cluster(["--num-cpus", "0"], [["--num-cpus", "3"], ["--num-cpus", "3"]])
+    c = start_cluster(["--num-cpus", "0"], [["--num-cpus", "5"], ["--num-cpus", "5"]])
     try:
         yield c
     finally:
@@ -53,7 +54,7 @@ def test_downloads_and_units_run_on_both_workers(cluster, tmp_path):
         urls = make_url_list(tmp_path, base, n=40, bad_rows=True)  # 44 rows to download
         out = tmp_path / "out"
         model = stub_model(
-            engine="SlowEngine", replicas=2, cpus_per_replica=2, engine_kwargs={"seconds": 0.5}
+            engine="SlowEngine", replicas=2, cpus_per_replica=3, engine_kwargs={"seconds": 0.5}
         )
         cfg = write_build_config(
             tmp_path / "build.yaml", urls, out, [model], per_shard=4, distributor="ray"
@@ -87,7 +88,7 @@ def test_a_worker_node_lost_mid_run(cluster, tmp_path):
     model = stub_model(
         engine="SlowEngine",
         replicas=2,
-        cpus_per_replica=2,
+        cpus_per_replica=3,
         batch_size=3,
         engine_kwargs={"seconds": 1.0},  # 2 calls a unit: about 2 s
     )
