@@ -124,3 +124,28 @@ def test_readme_submit_recaption_runs_as_written(head, tmp_path):
         keys = pq.read_table(out / "captions" / "stub" / f"{s:05d}.parquet").column("key")
         want = pq.read_table(inp / f"{s:05d}.parquet").column("key")
         assert sorted(keys.to_pylist()) == sorted(want.to_pylist())
+
+
+def test_submit_command_names_the_interpreter_and_the_working_dir():
+    import sys
+
+    from pipeline.submit import submit_command
+
+    cmd = submit_command(["recaption", "--config", "run.yaml"], "http://h:8265", no_wait=True)
+    assert cmd[0] == str(Path(sys.executable).parent / "ray") and cmd[1:3] == ["job", "submit"]
+    env = json.loads(cmd[cmd.index("--runtime-env-json") + 1])
+    assert env == {"working_dir": ".", "excludes": [".venv", ".git"]}
+    assert "--no-wait" in cmd
+    sep = cmd.index("--")
+    job = [sys.executable, "-m", "pipeline.cli", "recaption", "--config", "run.yaml"]
+    assert cmd[sep + 1 :] == job
+
+
+def test_submit_without_an_address_or_a_command_is_a_usage_error(monkeypatch, capsys):
+    from pipeline.cli import main
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert main(["submit", "--", "recaption", "--config", "run.yaml"]) == 2
+    assert "--address" in capsys.readouterr().err
+    assert main(["submit", "--address", "http://h:8265"]) == 2
+    assert "name the longcap command" in capsys.readouterr().err
