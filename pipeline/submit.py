@@ -75,7 +75,10 @@ def _cmd_submit(args: argparse.Namespace) -> int:
         )
         return 2
     if not Path(args.working_dir).is_dir():
-        print(f"longcap submit: error: --working-dir {args.working_dir}: no such folder")
+        print(
+            f"longcap submit: error: --working-dir {args.working_dir}: no such folder",
+            file=sys.stderr,
+        )
         return 2
     env = dict(kv.split("=", 1) for kv in args.env) if args.env else None
     cmd = submit_command(command, address, args.working_dir, args.python, args.no_wait, env)
