@@ -1,10 +1,6 @@
 """The README's cluster commands, run as written from a copy of the checkout against a Ray head
-on 127.0.0.2 (dashboard on 127.0.0.1), as a newcomer runs them: after `make setup`, with `.venv`
-not activated (no .venv/bin on PATH, no VIRTUAL_ENV).
-
-The head is one of tests/pipeline/ray_cluster.py's, whose every port is chosen free: the session
-`ray_head` leaves the dashboard agent on Ray's fixed default port, which another Ray on the
-machine may hold (its job agent then never comes up).
+on 127.0.0.2 (tests/conftest.py `ray_head`, dashboard on 127.0.0.1), as a newcomer runs them:
+after `make setup`, with `.venv` not activated (no .venv/bin on PATH, no VIRTUAL_ENV).
 """
 
 from __future__ import annotations
@@ -15,7 +11,6 @@ import re
 import shlex
 import shutil
 import subprocess
-import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -25,22 +20,6 @@ import yaml
 from tests.pipeline.stub_build import stub_model
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def head():
-    pytest.importorskip("ray")
-    from tests.conftest import _wait_for_job_agent
-    from tests.pipeline.ray_cluster import RAY_BIN, start_cluster
-
-    cluster = start_cluster(["--num-cpus", "4"], [])
-    try:
-        _wait_for_job_agent(
-            RAY_BIN, cluster.dashboard, cluster.env, cluster.nodes[0].proc, time.time() + 300
-        )
-        yield cluster
-    finally:
-        cluster.stop()
 
 
 def readme_commands(word: str) -> list[str]:
@@ -92,7 +71,7 @@ def _copy_checkout(dest: Path) -> Path:
 
 
 @pytest.mark.slow
-def test_readme_submit_recaption_runs_as_written(head, tmp_path):
+def test_readme_submit_recaption_runs_as_written(ray_head, tmp_path):
     from tests.recaption.conftest import make_input_shards
 
     (line,) = readme_commands("recaption")
@@ -105,14 +84,14 @@ def test_readme_submit_recaption_runs_as_written(head, tmp_path):
         )
     )
     venv_bin = str(REPO / ".venv" / "bin")
-    env = {k: v for k, v in head.env.items() if k not in ("VIRTUAL_ENV", "RAY_ADDRESS")}
+    env = {k: v for k, v in ray_head["env"].items() if k not in ("VIRTUAL_ENV", "RAY_ADDRESS")}
     env["PATH"] = os.pathsep.join(
         p for p in env.get("PATH", "").split(os.pathsep) if Path(p) != Path(venv_bin)
     )
     # The shared test environment's editable install points at the main checkout; in a fresh
     # clone it points at the clone itself, which this says here.
     env["PYTHONPATH"] = str(clone)
-    command = line.replace("http://HEAD:8265", head.dashboard)
+    command = line.replace("http://HEAD:8265", ray_head["dashboard"])
     r = subprocess.run(
         ["bash", "-c", command], cwd=clone, env=env, capture_output=True, text=True, timeout=600
     )
