@@ -1,13 +1,14 @@
 """`longcap build`: URL list -> img2dataset -> recaption (all models) -> assemble -> statistics.
 
-Run locally as `longcap build --config build.yaml`, or on a cluster as `ray job submit ... --
-python -m pipeline.build --config build.yaml`. The stages overlap: a shard is recaptioned as soon
-as img2dataset has finished it, and assembled as soon as every model has captioned it; no stage
-waits for a whole earlier stage. Every stage writes one output per shard atomically and skips
-what is already written, so a killed build, run again, finishes the work without redoing or
-duplicating any. Layout under `output`:
+Run locally as `longcap build --config build.yaml`, or on a cluster as `longcap submit --address
+http://HEAD:8265 -- build --config build.yaml` (pipeline/submit.py). The stages overlap: a shard
+is recaptioned as soon as img2dataset has finished it, and assembled as soon as every model has
+captioned it; no stage waits for a whole earlier stage. Every stage writes one output per shard
+atomically and skips what is already written, so a killed build, run again, finishes the work
+without redoing or duplicating any. Layout under `output`:
   ingest/urls.parquet, ingest/rejected.parquet   the checked URL list and the rows refused
   ingest/shards/NNNNN.{tar,parquet,_stats.json}  img2dataset's output
+  ingest/ingest_tasks.json                       node and tries per shard (distributor: ray)
   recaption/captions/<model>/NNNNN.parquet       captions, recaption/recaption_report.json
   shards/NNNNN.{parquet,tar,_stats.json}         the dataset (shards/rejected/: refused rows)
   stats/stats.json, stats/*.png                  `longcap stats` of the dataset
@@ -24,7 +25,13 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config_loader import ConfigError, load_dataclass, read_yaml_mapping
-from pipeline.ingest import IngestConfig, prepare_url_list, ready_shards, start_ingest
+from pipeline.ingest import (
+    DISTRIBUTORS,
+    IngestConfig,
+    prepare_url_list,
+    ready_shards,
+    start_ingest,
+)
 from pipeline.recaption_config import RecaptionConfig, parse_config, resolve_model_paths
 from shards.assemble import AssembleConfig
 from shards.storage import is_uri
@@ -88,6 +95,12 @@ def _ingest_config(data: Any, where: str) -> IngestConfig:
         value, least = getattr(cfg, f.name), 0 if f.name == "retries" else 1
         if f.type == "int" and value < least:
             raise ConfigError(f"{where}.{f.name}: must be an integer >= {least}, got {value!r}")
+    if cfg.distributor not in DISTRIBUTORS:
+        raise ConfigError(
+            f"{where}.distributor: must be one of {list(DISTRIBUTORS)}, got {cfg.distributor!r}"
+        )
+    if not cfg.cpus_per_shard > 0:
+        raise ConfigError(f"{where}.cpus_per_shard: must be > 0, got {cfg.cpus_per_shard!r}")
     if not cfg.deadline_s > 0:
         raise ConfigError(
             f"{where}.deadline_s: must be a number of seconds > 0, got {cfg.deadline_s!r}"
@@ -169,12 +182,15 @@ def _run_build(cfg: BuildConfig, force_rebuild: bool) -> dict[str, Any]:
         finished_shard(work / "shards", name, shards_out, acfg, force_rebuild)
     expected = {f"{i:05d}" for i in range(summary["shards"])}
     proc = None
+    init_ray(cfg.recaption)  # first: distributed ingest downloads on this cluster
     if set(ready_shards(work / "shards")) < expected:
         # img2dataset refuses the images every other loader refuses (shards.limits).
         from shards.limits import img2dataset_args
 
-        proc = start_ingest(cfg.ingest, work, summary["extra_columns"], img2dataset_args())
-    init_ray(cfg.recaption)
+        address = ray.get_runtime_context().gcs_address
+        proc = start_ingest(
+            cfg.ingest, work, summary["extra_columns"], img2dataset_args(), ray_address=address
+        )
     assemble_task = ray.remote(assemble_shard).options(num_cpus=1, max_retries=2)
     models = {m.name for m in cfg.recaption.models}
     captioned: dict[str, set[str]] = {}

@@ -283,6 +283,9 @@ def build_parser() -> argparse.ArgumentParser:
     from pipeline.cli_train import add_train_commands
 
     add_train_commands(sub)
+    from pipeline.submit import add_submit_command
+
+    add_submit_command(sub)
     return parser
 
 

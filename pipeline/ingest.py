@@ -62,6 +62,11 @@ class IngestConfig:
     allowed_networks: list[str] = field(default_factory=list)
     max_bytes: int = 32 << 20  # a response longer than this is refused (url_refused:size)
     deadline_s: float = 60.0  # one request in all: redirects, headers, body (url_refused:deadline)
+    # Where the downloads run: "multiprocessing" (img2dataset's processes on the driver's node)
+    # or "ray" (one Ray task per URL shard, spread over the cluster's nodes: pipeline/ingest_ray.py;
+    # `processes` is then unused, the cluster's CPUs / cpus_per_shard set the concurrency).
+    distributor: str = "multiprocessing"
+    cpus_per_shard: float = 1.0  # Ray CPUs one shard's task holds (distributor: ray)
 
     def url_policy(self) -> UrlPolicy:
         """The policy these fields describe; ValueError names a bad `allowed_networks` entry."""
@@ -260,15 +265,28 @@ def _write_atomic(path: Path, rows: list[dict[str, Any]], columns: list[str]) ->
     os.replace(tmp, path)
 
 
+DISTRIBUTORS = ("multiprocessing", "ray")
+
+
 def start_ingest(
-    cfg: IngestConfig, work: Path, extra_columns: list[str], extra_args: list[str] = ()
+    cfg: IngestConfig,
+    work: Path,
+    extra_columns: list[str],
+    extra_args: list[str] = (),
+    ray_address: str | None = None,
 ) -> subprocess.Popen:
     """img2dataset in a child process, resuming (incremental mode) into work/shards, with its
     fetch replaced by the URL policy's (`pipeline.safe_download`); `extra_args` are appended to
-    its command line (the build's image caps)."""
+    its command line (the build's image caps). With `cfg.distributor == "ray"` the child joins
+    the cluster at `ray_address` and downloads each shard in a Ray task on the cluster's nodes
+    (`pipeline.ingest_ray`); its per-shard record is work/ingest_tasks.json."""
     work = work.resolve()
+    distributed = cfg.distributor == "ray"
+    if distributed and not ray_address:
+        raise ValueError("ingest.distributor: ray needs a running Ray cluster (its address)")
+    module = "pipeline.ingest_ray" if distributed else "pipeline.safe_download"
     cmd = [
-        sys.executable, "-m", "pipeline.safe_download", "--",
+        sys.executable, "-m", module, "--",
         "--url_list", str(work / "urls.parquet"), "--input_format", "parquet",
         "--url_col", "url", "--caption_col", "caption",
         "--output_format", "webdataset", "--output_folder", str(work / "shards"),
@@ -276,7 +294,7 @@ def start_ingest(
         "--image_size", str(cfg.image_size), "--resize_mode", cfg.resize_mode,
         "--number_sample_per_shard", str(cfg.number_sample_per_shard),
         "--timeout", str(cfg.timeout), "--retries", str(cfg.retries),
-        "--incremental_mode", "incremental", "--distributor", "multiprocessing",
+        "--incremental_mode", "incremental", "--distributor", cfg.distributor,
         "--enable_wandb", "False",
         "--save_additional_columns", json.dumps(["longcap_row", "source", *extra_columns]),
         *extra_args,
@@ -291,6 +309,21 @@ def start_ingest(
         "PYTHONPATH": path,
         POLICY_ENV: json.dumps(cfg.url_policy().to_json()),
     }
+    if distributed:
+        from pipeline.ingest_ray import SETTINGS_ENV
+
+        # The tasks' environment: the policy (every node downloads under it) and this
+        # checkout's `pipeline` first on their path, as for the child itself.
+        task_env = {k: env[k] for k in (POLICY_ENV, "PYTHONPATH", "NO_ALBUMENTATIONS_UPDATE")}
+        env[SETTINGS_ENV] = json.dumps(
+            {
+                "address": ray_address,
+                "cpus_per_shard": cfg.cpus_per_shard,
+                "max_task_retries": 3,
+                "env": task_env,
+                "report": str(work / "ingest_tasks.json"),
+            }
+        )
     # cwd: `python -m` puts it first on sys.path, where another `pipeline` package could sit.
     # Tied to the driver: a killed build never leaves img2dataset running (pipeline/processes.py).
     return popen_tied(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=work)

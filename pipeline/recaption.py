@@ -115,6 +115,7 @@ class _Model:
         self.last_done: float | None = None
         self.images_after_first = 0
         self.load_errors: list[str] = []
+        self.nodes: Counter[str] = Counter()  # units done per Ray node (recaption.actor)
 
     def done(self, shard: str) -> bool:
         """The unit's file exists and was made from this config and input shard (else
@@ -321,7 +322,9 @@ def _run(job: RecaptionConfig, source, on_unit, force_rebuild: bool) -> dict[str
                     release(shard, model.size)
                 for shard in list(model.queue)[: job.prefetch_units]:
                     decoded_ref(shard, model.size)  # engines never wait for the CPU
-            if not inflight and not loading and not recheck and finished:
+            # Done when no unit waits or runs: an actor still (re)starting then has nothing to
+            # do, and one lost with its node may never find room again (multi-node tests).
+            if not inflight and finished and not any(m.queue for m in models.values()):
                 break
             waiting = list(inflight) + list(loading)
             if not waiting:
@@ -396,6 +399,7 @@ def _count_unit(model: _Model, summary: dict[str, Any]) -> None:
     model.tokens += summary["generated_tokens"]
     model.engine_seconds += summary["seconds"]
     model.failures.update(summary["failures"])
+    model.nodes[summary.get("node") or "unknown"] += 1
 
 
 def failure_kind(exc: BaseException) -> str:
@@ -501,6 +505,7 @@ def _report(job: RecaptionConfig, models: dict[str, _Model], t_start: float) -> 
             "images_per_s": m.images / wall if wall else None,
             "generated_tokens_per_s": m.tokens / wall if wall else None,
             "engine_seconds": m.engine_seconds,
+            "units_by_node": dict(sorted(m.nodes.items())),
             "steady_images_per_s": (
                 m.images_after_first / (m.last_done - m.first_done)
                 if m.first_done is not None and m.last_done > m.first_done

@@ -77,7 +77,19 @@ class EngineWorker:
             "generated_tokens": generated,
             "engine_images": len(decoded.keys),
             "seconds": time.perf_counter() - t0,
+            "node": node_address(),
         }
+
+
+def node_address() -> str | None:
+    """The address of the Ray node this runs on (None outside Ray): the run report counts units
+    per node, which shows how a multi-node run spread its work."""
+    import sys
+
+    ray = sys.modules.get("ray")  # never import Ray here: EngineWorker runs without it too
+    if ray is None or not ray.is_initialized():
+        return None
+    return ray.util.get_node_ip_address()
 
 
 @functools.cache

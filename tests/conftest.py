@@ -97,6 +97,13 @@ def ray_head(tmp_path_factory):
         str(ray_bin), "start", "--head", "--block", "--num-cpus", "4", "--port", str(port),
         "--node-ip-address", RAY_NODE_IP, "--dashboard-host", "127.0.0.1",
         "--dashboard-port", str(dash), "--temp-dir", str(temp), "--disable-usage-stats",
+        # Ray's fixed default ports (dashboard agent 52365, ...) may be held by another Ray on
+        # the machine; its job agent then never comes up ("No available agent").
+        "--dashboard-agent-listen-port", str(_free_port()),
+        "--dashboard-agent-grpc-port", str(_free_port()),
+        "--metrics-export-port", str(_free_port()),
+        "--runtime-env-agent-port", str(_free_port()),
+        "--ray-client-server-port", str(_free_port()),
     ]  # fmt: skip
     log = open(temp / "head.log", "w")
     head = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)

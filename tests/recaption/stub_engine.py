@@ -34,3 +34,16 @@ class HangingEngine:
             Generation(k, "Describe the image in detail.", f"A picture numbered {k}.", "stop", 6)
             for k in keys
         ]
+
+
+class SlowEngine(HangingEngine):
+    """HangingEngine whose every `generate` call also takes `engine_kwargs["seconds"]` (default
+    1): units that last long enough for a test to lose a node while they run."""
+
+    def __init__(self, model_cfg: Any) -> None:
+        super().__init__(model_cfg)
+        self.seconds = float(model_cfg.engine_kwargs.get("seconds", 1.0))
+
+    def generate(self, keys: list[str], images: list[Any]) -> list[Generation]:
+        time.sleep(self.seconds)
+        return super().generate(keys, images)
