@@ -55,10 +55,14 @@ def init_ray(cfg: RecaptionConfig) -> None:
     if _local_cluster_alive():
         ray.init(address="auto", namespace=NAMESPACE)
         return
-    # Logical CPUs: enough for every engine actor plus decoding, even on a 2-core laptop (the
-    # engines' threads share the real cores; Ray's count only decides what may be scheduled).
-    # (+1: an assembly or decode task alongside.)
-    need = sum(m.replicas * m.cpus_per_replica for m in cfg.models) + cfg.decode_cpus + 1
+    # Logical CPUs: enough for every engine actor plus every decoding stream the scheduler may
+    # keep open (one per engine and `prefetch_units` per model; a stream waiting for its chunk
+    # to be taken keeps its CPU), even on a 2-core laptop (the engines' threads share the real
+    # cores; Ray's count only decides what may be scheduled). (+1: an assembly task alongside.)
+    engines = sum(m.replicas for m in cfg.models)
+    streams = engines + cfg.prefetch_units * len(cfg.models)
+    need = sum(m.replicas * m.cpus_per_replica for m in cfg.models)
+    need += streams * cfg.decode_cpus + 1
     # LONGCAP_RAY_NODE_IP: the address of the local cluster's node. Ray's default is the
     # machine's outward address (it turns 127.0.0.1 into that too); 127.0.0.2 keeps every
     # connection of a one-machine run on loopback (the tests set it).

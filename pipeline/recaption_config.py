@@ -59,7 +59,7 @@ class RecaptionConfig:
     decode_cpus: float = 1.0  # CPUs per image-decoding task
     # Images move from decoding to engines in chunks of this many keys: what is decoded at once
     # is bounded by chunk counts, never by shard size (336 px: ~0.34 MB per image).
-    chunk_images: int = 256
+    chunk_images: int = 100
     prefetch_chunks: int = 2  # chunks sent to an engine and not yet taken, at most
     prefetch_units: int = 2  # next units of each model whose decoding starts ahead (1 chunk each)
     # "ray" (engines as Ray actors, a cluster or a local Ray) or "local" (threads in this

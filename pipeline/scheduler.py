@@ -6,10 +6,11 @@ rule of the job:
   - queue: each model has a queue of input shards (units); a unit goes to an engine of its model
     that has none in feeding, so models never wait for each other;
   - chunks and decode-ahead: a unit's images are decoded in chunks of `chunk_images` by a stream
-    the executor runs; an engine is sent at most `prefetch_chunks` chunks it has not finished,
-    and the streams of each model's next `prefetch_units` units start early (each holds at most
-    one decoded chunk until its engine takes it). Decoded images alive at once are therefore
-    bounded by chunk counts, never by shard size;
+    the executor runs, which holds at most one decoded chunk until the scheduler takes it; an
+    engine is sent at most `prefetch_chunks` chunks it has not taken yet, and each model keeps
+    at most (its live engines + `prefetch_units`) streams open, those of its running units
+    included, so the next units' first chunks are ready when an engine frees. Decoded chunks
+    alive at once are therefore bounded by counts of chunks, never by shard size;
   - retries: a unit whose engine died, or whose input was lost, is sent again from its first
     chunk, at most `max_unit_retries` times; a unit whose own code failed (unreadable shard,
     engine error) fails at once; no error ends the job;
@@ -166,6 +167,7 @@ class _Engine:
     model: _Model
     state: str = "loading"  # loading | ready | restarting | dead
     feeding: _Unit | None = None  # the unit whose chunks are being sent
+    unacked: int = 0  # chunks sent to it and not yet taken (of any unit)
     units: list[_Unit] = field(default_factory=list)  # sent and not finished, in order
 
 
@@ -175,7 +177,6 @@ class _Unit:
     spec: UnitSpec
     engine: _Engine
     stream: Any = None
-    unacked: int = 0  # chunks sent and not yet taken
     resolved: bool = False  # done, failed or given up (its late calls are ignored)
 
 
@@ -352,7 +353,7 @@ def run_units(
             pending[ex.finish(engine.handle, unit.spec)] = ("finish", unit)
             return
         pending[ex.feed(engine.handle, unit.spec, chunk)] = ("feed", unit)
-        unit.unacked += 1
+        engine.unacked += 1
 
     try:
         while True:
@@ -378,14 +379,18 @@ def run_units(
             for model in models.values():
                 assign(model)
                 # Decode-ahead: the next units' streams start now (one chunk each, at most).
-                for shard in list(model.queue)[: job.prefetch_units]:
+                # Open streams, running units' included, stay within live engines +
+                # prefetch_units: with one-chunk shards as with long ones, the same number of
+                # chunks wait decoded.
+                room = model.live + job.prefetch_units - len(model.prefetched)
+                room -= sum(u.model is model for u in streams.values())
+                for shard in model.queue:
+                    if room <= 0:
+                        break
                     if shard not in model.prefetched:
                         model.prefetched[shard] = ex.open_stream(shard, model.size)
-            feeding = [
-                u.stream
-                for u in streams.values()
-                if u.unacked < job.prefetch_chunks and u.stream is not None
-            ]
+                        room -= 1
+            feeding = [u.stream for u in streams.values() if u.engine.unacked < job.prefetch_chunks]
             if not pending and not streams and not recheck and finished:
                 break
             waiting = list(pending) + feeding
@@ -414,6 +419,8 @@ def run_units(
                             engine_lost(engine, ex.describe(exc))
                     continue
                 unit = obj
+                if what == "feed":
+                    unit.engine.unacked -= 1  # taken or failed, it no longer waits there
                 try:
                     value = ex.result(item)
                 except Exception as exc:
@@ -422,7 +429,6 @@ def run_units(
                 if unit.resolved:
                     continue  # a call of a unit already given up: its result means nothing
                 if what == "feed":
-                    unit.unacked -= 1
                     continue
                 give_up(unit)
                 _count_unit(unit.model, value)

@@ -214,7 +214,7 @@ def test_executor_and_chunk_fields_are_checked(tmp_path):
 
     base = {"input": "in", "output": "out", "models": [{"name": "a", "family": "llava-1.5"}]}
     base["models"][0]["path"] = "org/model"
-    assert parse_config(base).executor == "ray" and parse_config(base).chunk_images == 256
+    assert parse_config(base).executor == "ray" and parse_config(base).chunk_images == 100
     with pytest.raises(ConfigError, match=r"executor: must be one of \['ray', 'local'\]"):
         parse_config({**base, "executor": "dask"})
     for field in ("chunk_images", "prefetch_chunks"):
