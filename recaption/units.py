@@ -1,11 +1,13 @@
 """Work units of the recaption stage: decode an input shard, write one model's captions of it.
 
-A unit is (input shard, model). Its output `OUTPUT/captions/<model>/NNNNN.parquet` is written
-under this run's temporary name, fsynced and renamed when complete: its presence marks the unit
-done, so a rerun skips it and a killed job loses only the units in flight. Its schema metadata
-records what it was made from (the model's config, the input shard's files); a rerun with
-another stops (`shards.fingerprint`) unless told to rebuild. Every input key appears exactly once
-in it, captioned (`status` "ok") or with the reason it was not.
+A unit is (input shard, model). Its shard is read once and decoded in chunks (`iter_chunks`,
+`DecodedChunk`) that travel to the engine one by one, so memory does not grow with shard size.
+Its output `OUTPUT/captions/<model>/NNNNN.parquet` is written under this run's temporary name,
+fsynced and renamed when complete: its presence marks the unit done, so a rerun skips it and a
+killed job loses only the units in flight. Its schema metadata records what it was made from
+(the model's config, the input shard's files); a rerun with another stops (`shards.fingerprint`)
+unless told to rebuild. Every input key appears exactly once in it, captioned (`status` "ok")
+or with the reason it was not.
 """
 
 from __future__ import annotations
