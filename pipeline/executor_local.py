@@ -9,8 +9,9 @@ are identical to the Ray executor's (same worker code, same batches).
 
 What differs: `kill` cannot stop a thread, so a hung engine's thread is abandoned (it keeps its
 memory until the call returns) and a new `EngineWorker` is loaded in a new thread, within
-`max_actor_restarts`; every replica shares this process's CPUs and GPUs (use one replica per
-model on a GPU); `ray_address` and `decode_cpus` are not used.
+`max_actor_restarts`; every replica shares this process's CPUs and GPUs; at most one vLLM
+engine runs in a process (two abort it; other engines may run side by side); `ray_address` and
+`decode_cpus` are not used.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from pipeline.recaption_config import ModelConfig, RecaptionConfig
+from pipeline.recaption_config import ConfigError, ModelConfig, RecaptionConfig
 from recaption.units import UnitSpec, iter_chunks
 
 
@@ -166,6 +167,16 @@ class LocalExecutor:
         self._pool = None
 
     def start(self) -> None:
+        # Two vLLM engines in one process abort it (vLLM 0.32's CPU attention: "Check failed:
+        # input->metadata->thread_num == thread_num", seen with a tiny LLaVA and Qwen2-VL):
+        # refuse before loading anything rather than crash mid-run.
+        vllm = [(m.name, m.replicas) for m in self.job.models if m.engine == "vllm"]
+        if sum(n for _, n in vllm) > 1:
+            raise ConfigError(
+                f"executor: local runs at most one vLLM engine in its process, this config has "
+                f"{', '.join(f'{name} x{n}' for name, n in vllm)}; use `executor: ray` (or "
+                "--executor ray), or caption with one vLLM model (replicas: 1) per run"
+            )
         # What the Ray executor gives each engine actor, as defaults of this process.
         from pipeline.executor_ray import engine_env
 

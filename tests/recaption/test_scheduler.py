@@ -241,3 +241,17 @@ def test_local_and_ray_executors_write_identical_outputs(ray_head, tmp_path):
     assert _counts(local) == _counts(on_ray)
     assert _tables(tmp_path / "local") == _tables(tmp_path / "ray")
     assert len(_tables(tmp_path / "ray")) == 6
+
+
+def test_local_executor_refuses_two_vllm_engines(tmp_path):
+    """Two vLLM engines in one process abort it (vLLM's CPU attention): refused before any
+    engine loads, naming the way out."""
+    from pipeline.executor_local import LocalExecutor
+    from pipeline.recaption_config import ConfigError, parse_config
+
+    models = [{"name": "a", "family": "llava-1.5", "path": "org/a", "replicas": 2}]
+    job = parse_config({"input": "in", "output": "out", "executor": "local", "models": models})
+    with pytest.raises(ConfigError, match=r"at most one vLLM engine.*a x2.*executor: ray"):
+        LocalExecutor(job).start()
+    models[0]["replicas"] = 1
+    LocalExecutor(parse_config({"input": "in", "output": "out", "models": models})).start()
