@@ -16,6 +16,13 @@ transformers / bare) are the figures. Mean generated tokens per image are printe
 images/s: the engines sample differently, so their captions can differ in length.
 Run: .venv/bin/python bench/recaption.py [--images 2400] [--shard 200] [--max-tokens 64]
      [--hf-batch 16]
+
+`--memory` (issue 12) measures instead the peak object-store bytes of a recaption job on a local
+Ray for input shards of 200 and of 2,000 images (336 px; a stand-in engine slower than decoding,
+so decode-ahead is always full), sampled every 50 ms from Ray's state API; images move in chunks
+(`chunk_images`, default 100), so the two peaks should be within 1.2x. `--memory-whole` adds
+the same runs with one chunk per shard, as the job moved images before chunks.
+Run: .venv/bin/python bench/recaption.py --memory [--memory-whole]
 """
 
 from __future__ import annotations
@@ -103,6 +110,104 @@ def hf(model: str, inp: str, max_tokens: int, batch: int) -> None:
     _time_engine(engine, [decode_shard(inp, n, size) for n in shard_names(Path(inp))], batch)
 
 
+def _peak_store_bytes(stop, out: list[int]) -> None:
+    """Sample the cluster's object-store bytes in use until `stop` is set; keep the peak."""
+    import ray
+    from ray._private.internal_api import get_memory_info_reply, get_state_from_address
+
+    state = get_state_from_address(ray.get_runtime_context().gcs_address)
+    while not stop.is_set():
+        used = get_memory_info_reply(state).store_stats.object_store_bytes_used
+        out[0] = max(out[0], used)
+        stop.wait(0.05)
+
+
+def memory_mode(work: Path, whole: bool) -> None:
+    """Peak object-store bytes for 200- and 2,000-image shards (see the module docstring)."""
+    import io
+    import random
+    import shutil
+    import threading
+
+    import ray
+    import yaml
+    from PIL import Image, ImageDraw
+
+    from pipeline.recaption import init_ray, run
+    from pipeline.recaption_config import load_config
+    from tests.shards.helpers import write_i2d_shard
+
+    work.mkdir(parents=True, exist_ok=True)
+    model = work / "stub-model"
+    model.mkdir(exist_ok=True)
+    (model / "config.json").write_text('{"architectures": ["LlavaForConditionalGeneration"]}')
+    rng = random.Random(0)
+    pool = []
+    for _ in range(2000):  # 336 px: the size LLaVA-1.5 takes, so decoding does not shrink them
+        im = Image.new("RGB", (336, 336), tuple(rng.randrange(256) for _ in range(3)))
+        ImageDraw.Draw(im).ellipse(
+            [rng.randrange(100), rng.randrange(100), 300, 320], fill=(200, 40, 40)
+        )
+        buf = io.BytesIO()
+        im.save(buf, format="JPEG", quality=85)
+        pool.append(buf.getvalue())
+    layouts = {200: 6, 2000: 2}  # images per shard: shards
+    rows = []
+    for per_shard, n_shards in layouts.items():
+        inp = work / f"in{per_shard}"
+        if not (inp / "done").exists():
+            for s in range(n_shards):
+                ok = [
+                    {"key": f"{s:05d}{i:04d}", "url": "", "caption": "x", "jpg": pool[i]}
+                    for i in range(per_shard)
+                ]
+                write_i2d_shard(inp, f"{s:05d}", ok, [])
+            (inp / "done").touch()
+        for label, chunk in [("chunks", None)] + ([("whole shard", 1 << 30)] if whole else []):
+            out = work / "out"
+            shutil.rmtree(out, ignore_errors=True)
+            cfg = {
+                "input": str(inp),
+                "output": str(out),
+                "progress": False,
+                "models": [
+                    {
+                        "name": "stub",
+                        "family": "llava-1.5",
+                        "path": str(model),
+                        "engine": "tests.recaption.stub_engine:HangingEngine",
+                        # Slower than decoding (1 s per call of 100 images): the engine is the
+                        # bottleneck, as on a GPU, and every decode-ahead buffer stays full.
+                        "engine_kwargs": {"delay_s": 1.0},
+                        "batch_size": 100,
+                    }
+                ],
+            }
+            if chunk is not None:
+                cfg["chunk_images"] = chunk
+            (work / "run.yaml").write_text(yaml.safe_dump(cfg))
+            job = load_config(work / "run.yaml")
+            init_ray(job)
+            stop, peak = threading.Event(), [0]
+            sampler = threading.Thread(target=_peak_store_bytes, args=(stop, peak))
+            sampler.start()
+            try:
+                report = run(job)
+            finally:
+                stop.set()
+                sampler.join()
+                ray.shutdown()
+            assert report["complete"], report
+            rows.append((per_shard, label, job.chunk_images, peak[0], report["wall_seconds"]))
+    print("| images per shard | images move as | chunk_images | peak object store | job wall |")
+    print("|---:|---|---:|---:|---:|")
+    for per_shard, label, chunk, peak, wall in rows:
+        shown = "(shard)" if chunk >= 1 << 30 else chunk
+        print(f"| {per_shard} | {label} | {shown} | {peak / 2**20:.0f} MiB | {wall:.0f} s |")
+    chunked = {r[0]: r[3] for r in rows if r[1] == "chunks"}
+    print(f"\npeak(2000) / peak(200) with chunks: {chunked[2000] / chunked[200]:.2f} (limit 1.2)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--images", type=int, default=2400)
@@ -113,7 +218,12 @@ def main() -> None:
     parser.add_argument("--hf-batch", type=int, default=16, help="transformers images per call")
     parser.add_argument("--bare-child", nargs=2, metavar=("MODEL", "INPUT"))
     parser.add_argument("--hf-child", nargs=2, metavar=("MODEL", "INPUT"))
+    parser.add_argument("--memory", action="store_true", help="peak object-store bytes mode")
+    parser.add_argument("--memory-whole", action="store_true", help="also one chunk per shard")
     args = parser.parse_args()
+    if args.memory:
+        memory_mode(Path(args.work) / "memory", args.memory_whole)
+        return
     if args.bare_child:
         bare(*args.bare_child, args.max_tokens)
         return

@@ -1,7 +1,8 @@
 """`longcap build`: URL list -> img2dataset -> recaption (all models) -> assemble -> statistics.
 
-Run locally as `longcap build --config build.yaml`, or on a cluster as `longcap submit --address
-http://HEAD:8265 -- build --config build.yaml` (pipeline/submit.py). The stages overlap: a shard
+Run locally as `longcap build --config build.yaml` (`--executor local`: no Ray, everything in
+this process), or on a cluster as `longcap submit --address http://HEAD:8265 -- build --config
+build.yaml` (pipeline/submit.py). The stages overlap: a shard
 is recaptioned as soon as img2dataset has finished it, and assembled as soon as every model has
 captioned it; no stage waits for a whole earlier stage. Every stage writes one output per shard
 atomically and skips what is already written, so a killed build, run again, finishes the work
@@ -158,9 +159,7 @@ def run_build(cfg: BuildConfig, force_rebuild: bool = False) -> dict[str, Any]:
 
 
 def _run_build(cfg: BuildConfig, force_rebuild: bool) -> dict[str, Any]:
-    import ray
-
-    from pipeline.recaption import _short, init_ray, run
+    from pipeline.recaption import make_executor, run
     from shards.assemble import assemble_shard, finished_shard
 
     t0 = time.time()
@@ -182,16 +181,27 @@ def _run_build(cfg: BuildConfig, force_rebuild: bool) -> dict[str, Any]:
         finished_shard(work / "shards", name, shards_out, acfg, force_rebuild)
     expected = {f"{i:05d}" for i in range(summary["shards"])}
     proc = None
-    init_ray(cfg.recaption)  # first: distributed ingest downloads on this cluster
+    if cfg.ingest.distributor == "ray" and cfg.recaption.executor != "ray":
+        raise ConfigError(
+            "ingest.distributor: ray downloads on the Ray cluster; it needs the Ray executor "
+            f"(executor: ray), not {cfg.recaption.executor!r}"
+        )
+    # The recaption stage's executor (Ray, or threads of this process) also runs the assembly;
+    # started first: distributed ingest downloads on its cluster.
+    executor = make_executor(cfg.recaption)
+    executor.start()
     if set(ready_shards(work / "shards")) < expected:
         # img2dataset refuses the images every other loader refuses (shards.limits).
         from shards.limits import img2dataset_args
 
-        address = ray.get_runtime_context().gcs_address
+        address = None
+        if cfg.ingest.distributor == "ray":
+            import ray
+
+            address = ray.get_runtime_context().gcs_address
         proc = start_ingest(
             cfg.ingest, work, summary["extra_columns"], img2dataset_args(), ray_address=address
         )
-    assemble_task = ray.remote(assemble_shard).options(num_cpus=1, max_retries=2)
     models = {m.name for m in cfg.recaption.models}
     captioned: dict[str, set[str]] = {}
     assembling: dict[str, Any] = {}
@@ -203,11 +213,11 @@ def _run_build(cfg: BuildConfig, force_rebuild: bool) -> dict[str, Any]:
     def on_unit(model: str, shard: str) -> None:
         captioned.setdefault(shard, set()).add(model)
         if captioned[shard] == models and shard not in assembling:
-            assembling[shard] = assemble_task.remote(
-                str(work / "shards"), shard, str(shards_out), acfg, force_rebuild
+            assembling[shard] = executor.task(
+                assemble_shard, str(work / "shards"), shard, str(shards_out), acfg, force_rebuild
             )
 
-    report = run(cfg.recaption, source=source, on_unit=on_unit, force_rebuild=force_rebuild)
+    report = run(cfg.recaption, source, on_unit, force_rebuild, executor=executor)
     if proc is not None and proc.wait() != 0:
         print(f"build: img2dataset exited with {proc.returncode}; judging by its stats files")
     missing = sorted(expected - set(ready_shards(work / "shards")))
@@ -215,9 +225,9 @@ def _run_build(cfg: BuildConfig, force_rebuild: bool) -> dict[str, Any]:
     assembled = []
     for shard, ref in sorted(assembling.items()):
         try:
-            assembled.append(ray.get(ref))
+            assembled.append(executor.result(ref))
         except Exception as exc:  # a broken shard: report it, keep the others
-            problems.append(f"assembling shard {shard} failed: {_short(exc)}")
+            problems.append(f"assembling shard {shard} failed: {executor.describe(exc)}")
     if missing:
         problems.append(
             f"img2dataset did not finish shards {missing} (see {work / 'img2dataset.log'})"
@@ -265,6 +275,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline.build", description=__doc__)
     parser.add_argument("--config", required=True, help="build.yaml")
     parser.add_argument(
+        "--executor",
+        choices=["ray", "local"],
+        help="what runs recaption and assembly: Ray, or threads of this process without Ray "
+        "(default: the config's `executor`, else ray)",
+    )
+    parser.add_argument(
         "--force-rebuild",
         action="store_true",
         help="redo finished units and shards made from another config or input",
@@ -275,6 +291,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, ValueError) as exc:
         print(f"build: error: {exc}", file=sys.stderr)
         return 2
+    if args.executor:
+        cfg.recaption.executor = args.executor
     try:
         result = run_build(cfg, args.force_rebuild)
     except ValueError as exc:

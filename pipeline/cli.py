@@ -57,13 +57,17 @@ def _cmd_stats(args: argparse.Namespace) -> int:
 def _cmd_recaption(args: argparse.Namespace) -> int:
     from pipeline.recaption import main as recaption_main
 
-    return recaption_main(["--config", args.config] + ["--force-rebuild"] * args.force_rebuild)
+    extra = ["--executor", args.executor] if args.executor else []
+    return recaption_main(
+        ["--config", args.config] + ["--force-rebuild"] * args.force_rebuild + extra
+    )
 
 
 def _cmd_build(args: argparse.Namespace) -> int:
     from pipeline.build import main as build_main
 
-    return build_main(["--config", args.config] + ["--force-rebuild"] * args.force_rebuild)
+    extra = ["--executor", args.executor] if args.executor else []
+    return build_main(["--config", args.config] + ["--force-rebuild"] * args.force_rebuild + extra)
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
@@ -177,13 +181,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_cmd_shards)
 
-    p = sub.add_parser("recaption", help="recaption input shards with MLLMs (vLLM in Ray actors)")
+    p = sub.add_parser(
+        "recaption", help="recaption input shards with MLLMs (vLLM in Ray actors, or in-process)"
+    )
     p.add_argument("--config", required=True, help="run.yaml (see README)")
     p.add_argument(
         "--force-rebuild",
         action="store_true",
         help="redo finished outputs made from another config or input (without it such a "
         "rerun stops, exit 2)",
+    )
+    p.add_argument(
+        "--executor",
+        choices=["ray", "local"],
+        help="Ray actors (default), or threads of this process without Ray (overrides the "
+        "config's `executor`)",
     )
     p.set_defaults(func=_cmd_recaption)
 
@@ -194,6 +206,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="redo finished outputs made from another config or input (without it such a "
         "rerun stops, exit 2)",
+    )
+    p.add_argument(
+        "--executor",
+        choices=["ray", "local"],
+        help="Ray actors (default), or threads of this process without Ray (overrides the "
+        "config's `executor`)",
     )
     p.set_defaults(func=_cmd_build)
 

@@ -17,6 +17,8 @@ from pipeline.config_loader import load_dataclass as build_dataclass
 from shards.storage import is_uri
 
 DEFAULT_PROMPTS = ["Describe the image in detail."]
+# What runs the recaption units (pipeline/scheduler.py drives either).
+EXECUTORS = ("ray", "local")
 
 
 @dataclass
@@ -64,7 +66,14 @@ class RecaptionConfig:
     max_unit_retries: int = 2  # a unit whose actor died is retried this many times
     max_actor_restarts: int = 3
     decode_cpus: float = 1.0  # CPUs per image-decoding task
-    prefetch_units: int = 2  # decoded shards kept ahead of each model's engines
+    # Images move from decoding to engines in chunks of this many keys: what is decoded at once
+    # is bounded by chunk counts, never by shard size (336 px: ~0.34 MB per image).
+    chunk_images: int = 100
+    prefetch_chunks: int = 2  # chunks sent to an engine and not yet taken, at most
+    prefetch_units: int = 2  # next units of each model whose decoding starts ahead (1 chunk each)
+    # "ray" (engines as Ray actors, a cluster or a local Ray) or "local" (threads in this
+    # process, no Ray); the same scheduler and the same output files.
+    executor: str = "ray"
     ray_address: str | None = None  # None: the job's cluster, or a new local one
     shards: list[str] | None = None  # only these input shard names (default: all)
     progress: bool = True
@@ -152,6 +161,13 @@ def parse_config(data: Any, source: str = "config") -> RecaptionConfig:
         for name in ("max_unit_retries", "max_actor_restarts", "prefetch_units"):
             if getattr(cfg, name) < 0:
                 raise config_error(name, "must be >= 0")
+        for name in ("chunk_images", "prefetch_chunks"):
+            if getattr(cfg, name) < 1:
+                raise config_error(name, f"must be >= 1, got {getattr(cfg, name)!r}")
+        if cfg.executor not in EXECUTORS:
+            raise config_error(
+                "executor", f"must be one of {list(EXECUTORS)}, got {cfg.executor!r}"
+            )
         if cfg.unit_timeout_s is not None and cfg.unit_timeout_s <= 0:
             raise config_error("unit_timeout_s", f"must be > 0 or null, got {cfg.unit_timeout_s}")
     except ConfigError as exc:

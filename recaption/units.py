@@ -1,11 +1,13 @@
 """Work units of the recaption stage: decode an input shard, write one model's captions of it.
 
-A unit is (input shard, model). Its output `OUTPUT/captions/<model>/NNNNN.parquet` is written
-under this run's temporary name, fsynced and renamed when complete: its presence marks the unit
-done, so a rerun skips it and a killed job loses only the units in flight. Its schema metadata
-records what it was made from (the model's config, the input shard's files); a rerun with
-another stops (`shards.fingerprint`) unless told to rebuild. Every input key appears exactly once
-in it, captioned (`status` "ok") or with the reason it was not.
+A unit is (input shard, model). Its shard is read once and decoded in chunks (`iter_chunks`,
+`DecodedChunk`) that travel to the engine one by one, so memory does not grow with shard size.
+Its output `OUTPUT/captions/<model>/NNNNN.parquet` is written under this run's temporary name,
+fsynced and renamed when complete: its presence marks the unit done, so a rerun skips it and a
+killed job loses only the units in flight. Its schema metadata records what it was made from
+(the model's config, the input shard's files); a rerun with another stops (`shards.fingerprint`)
+unless told to rebuild. Every input key appears exactly once in it, captioned (`status` "ok")
+or with the reason it was not.
 On an object store (`s3://...`) the unit is one object written by a single PUT
 (`shards.storage.write_bytes`): it appears whole or not at all, so its presence is still the mark.
 """
@@ -14,6 +16,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -101,6 +105,23 @@ class DecodedShard:
     inputs: dict[str, Any] = field(default_factory=dict)  # shard_files_identity(): fingerprint
 
 
+@dataclass
+class DecodedChunk(DecodedShard):
+    """Consecutive keys of an input shard (at most `chunk_images` of them), decoded: what
+    moves from a decoding task to an engine. Chunk 0 carries the shard's `inputs`; a unit's
+    chunks, in `index` order, hold every key of the shard once."""
+
+    index: int = 0
+
+
+@dataclass(frozen=True)
+class UnitSpec:
+    """One try of a unit, as an engine sees it: its chunks arrive in order, then its end."""
+
+    shard: str
+    attempt: int = 0
+
+
 def decode_image(data: bytes, max_side: int):
     """RGB uint8 array of an encoded image, its longer side cut to `max_side` (ratio kept);
     `shards.limits.ImageLimitError` over the pixel or aspect cap (checked before decoding)."""
@@ -119,20 +140,25 @@ def decode_image(data: bytes, max_side: int):
         return np.asarray(im)
 
 
-def decode_shard(root: str, shard: str, max_side: int) -> DecodedShard:
-    """Read one input shard and decode its images (runs in a Ray CPU task, not in an engine)."""
+def iter_chunks(root: str, shard: str, max_side: int, chunk_images: int) -> Iterator[DecodedChunk]:
+    """Read one input shard once and yield its keys decoded, `chunk_images` keys per chunk, in
+    input order (runs in a decoding task or thread, never in an engine). Always yields chunk 0,
+    even for an empty shard: it carries the shard's `inputs`."""
     from shards.fingerprint import shard_files_identity
     from shards.inputs import load_image_bytes
     from shards.limits import ImageLimitError
     from shards.readers import read_shard
 
-    out = DecodedShard(shard, inputs=shard_files_identity(root, shard))
+    out = DecodedChunk(shard, inputs=shard_files_identity(root, shard), index=0)
     seen: set[str] = set()
     for sample in read_shard(storage.as_path(root), shard):
         key = sample.key
         if key in seen:
             continue  # a duplicate key would break "one row per key"; the first one wins
         seen.add(key)
+        if len(out.order) >= chunk_images:
+            yield out
+            out = DecodedChunk(shard, index=out.index + 1)
         out.order.append(key)
         if sample.status != S.STATUS_OK:
             out.failures[key] = (sample.status, sample.error or sample.status)
@@ -147,12 +173,28 @@ def decode_shard(root: str, shard: str, max_side: int) -> DecodedShard:
             out.failures[key] = (S.FAIL_IMAGE_LIMIT, f"{sample.origin}: {exc}")
             continue
         except Exception as exc:  # Pillow raises many types for bad bytes
+            # Pillow names the BytesIO's memory address: drop it, so a rerun (or another
+            # executor) writes the same row.
+            why = re.sub(r" at 0x[0-9a-fA-F]+", "", str(exc))
             out.failures[key] = (
                 S.FAIL_IMAGE_DECODE,
-                f"{sample.origin}: {type(exc).__name__}: {exc}",
+                f"{sample.origin}: {type(exc).__name__}: {why}",
             )
             continue
         out.keys.append(key)
+    yield out
+
+
+def decode_shard(root: str, shard: str, max_side: int) -> DecodedShard:
+    """Read one input shard and decode all its images at once (the chunks of `iter_chunks`,
+    joined: for tests and benchmarks; the recaption job moves chunks)."""
+    out = DecodedShard(shard)
+    for chunk in iter_chunks(root, shard, max_side, 1 << 62):
+        out.keys += chunk.keys
+        out.images += chunk.images
+        out.failures.update(chunk.failures)
+        out.order += chunk.order
+        out.inputs = out.inputs or chunk.inputs
     return out
 
 

@@ -317,6 +317,43 @@ def test_build_end_to_end_with_bad_urls(reference_build, url_list, build_env):
     _check_report(out)
 
 
+@pytest.mark.slow
+def test_build_with_the_local_executor(reference_build, url_list, tiny_models, build_env, tmp_path):
+    """`python -m pipeline.build --executor local` (no Ray: recaption and assembly in the build's
+    process; one vLLM model, the most a process holds) finishes the same list, conserving every
+    row, and writes the same tiny-llava captions as the Ray reference build."""
+    _, ref_out, ref_rc, _ = reference_build
+    assert ref_rc == 0
+    cfg = _write_config(tmp_path / "build.yaml", url_list, tmp_path / "out", tiny_models)
+    data = yaml.safe_load(cfg.read_text())
+    data["models"] = [m for m in data["models"] if m["name"] == "tiny-llava"]
+    cfg.write_text(yaml.safe_dump(data))
+    log = tmp_path / "build.log"
+    cmd = [sys.executable, "-m", "pipeline.build", "--config", str(cfg), "--executor", "local"]
+    with open(log, "wb") as f:
+        run = subprocess.run(cmd, cwd=REPO, env=build_env, stdout=f, stderr=subprocess.STDOUT)
+    rc = run.returncode
+    assert rc == 0, _tail(log)
+    report = _check_report(tmp_path / "out")
+    assert report["stats"]["samples"] == len(_url_rows(url_list))
+    assert "Started a local Ray instance" not in log.read_text()
+
+    def captions(out: Path) -> dict[str, list[dict]]:
+        folder = out / "recaption" / "captions" / "tiny-llava"
+        cols = ["key", "status", "prompt", "text", "finish_reason", "generated_tokens"]
+        # By key: img2dataset's order of a shard's images changes from one download to the next.
+        return {
+            p.stem: sorted(_rows_of(p, cols), key=lambda r: r["key"])
+            for p in sorted(folder.glob("*.parquet"))
+        }
+
+    assert captions(tmp_path / "out") == captions(ref_out)
+
+
+def _rows_of(path: Path, columns: list[str]) -> list[dict]:
+    return pq.read_table(path, columns=columns).to_pylist()
+
+
 def test_bad_build_config_names_the_field(tmp_path, capsys):
     import ray
 

@@ -3,7 +3,9 @@
 Named in a model config as `engine: tests.recaption.stub_engine:HangingEngine`. Its
 `engine_kwargs` say which units hang (by shard name, the first five digits of every key):
 `hang_shards` hang every time, `hang_once_shards` hang the first time only (a file in
-`marker_dir` remembers that it hung). No model is loaded, so an actor starts in about a second.
+`marker_dir` remembers that it hung); `fail_shards` raise (an engine error); `delay_s` makes
+every call that long (an engine slower than decoding). No model is loaded, so an actor starts
+in about a second.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ class HangingEngine:
         self.hang = set(kw.get("hang_shards", ()))
         self.hang_once = set(kw.get("hang_once_shards", ()))
         self.marker_dir = Path(kw.get("marker_dir", "."))
+        self.fail = set(kw.get("fail_shards", ()))
+        self.delay = float(kw.get("delay_s", 0.0))
         self.load_seconds = 0.0
 
     def generate(self, keys: list[str], images: list[Any]) -> list[Generation]:
@@ -30,6 +34,9 @@ class HangingEngine:
         if shard in self.hang or (shard in self.hang_once and not once.exists()):
             once.touch()
             time.sleep(3600)  # a hung engine: only the unit deadline ends this
+        time.sleep(self.delay)
+        if shard in self.fail:
+            raise RuntimeError(f"stub engine: cannot caption shard {shard}")
         return [
             Generation(k, "Describe the image in detail.", f"A picture numbered {k}.", "stop", 6)
             for k in keys

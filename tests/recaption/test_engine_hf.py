@@ -75,9 +75,7 @@ def test_one_row_per_key_in_order(engines, images, name):
         if g.finish_reason == "length":
             assert g.generated_tokens == 8
         # Prompt tokens: the key's own prompt with its image tokens, padding not counted.
-        alone = eng.processor(
-            images=[img], text=[eng.render_prompt(g.prompt)], return_tensors="pt"
-        )
+        alone = eng.processor(images=[img], text=[eng.render_prompt(g.prompt)], return_tensors="pt")
         assert g.prompt_tokens == int(alone["attention_mask"].sum()) > 0
     assert eng.generate([], []) == []
     with pytest.raises(ValueError, match="2 keys for 1 images"):

@@ -185,3 +185,24 @@ def test_bad_model_path_fails_its_units_clearly(workdir, ray_head, tmp_path):
     assert not report["complete"] and len(failed) == SHARDS
     assert "engine failed to load" in failed[0]["error"]
     assert not list((tmp_path / "out").glob("captions/*/*.parquet"))
+
+
+def test_local_executor_writes_the_reference_outputs(workdir, reference, tmp_path):
+    """`executor: local` (no Ray: the engine in a thread of this process, chunks of 3 images)
+    writes the same rows as the Ray reference run, with the same counts."""
+    from pipeline.recaption import run
+    from pipeline.recaption_config import load_config
+
+    root = workdir["root"]
+    llava = {"llava": workdir["models"]["llava"]}
+    path = write_config(
+        tmp_path / "local.yaml", root / "in", tmp_path / "local", llava, chunk_images=3
+    )
+    cfg = load_config(path)
+    cfg.executor, cfg.progress = "local", False
+    report = run(cfg)
+    assert report["complete"]
+    assert _units(tmp_path / "local", "llava") == _units(reference["out"], "llava")
+    keys = ("units_done", "images", "captioned", "failures", "generated_tokens")
+    ref = reference["report"]["models"]["llava"]
+    assert {k: report["models"]["llava"][k] for k in keys} == {k: ref[k] for k in keys}
