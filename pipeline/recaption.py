@@ -103,7 +103,7 @@ class _Model:
         self.queue = deque(s for s in shards if not self.done(s))
         self.skipped = len(shards) - len(self.queue)
         self.idle: list[Any] = []
-        self.images = self.captioned = self.tokens = 0
+        self.images = self.captioned = self.tokens = self.prompt_tokens = 0
         self.failures: Counter[str] = Counter()
         self.engine_seconds = 0.0
         self.failed_units: list[dict[str, Any]] = []
@@ -396,6 +396,7 @@ def _count_unit(model: _Model, summary: dict[str, Any]) -> None:
     model.images += summary["images"]
     model.captioned += summary["captioned"]
     model.tokens += summary["generated_tokens"]
+    model.prompt_tokens += summary.get("prompt_tokens", 0)
     model.engine_seconds += summary["seconds"]
     model.failures.update(summary["failures"])
 
@@ -500,6 +501,7 @@ def _report(job: RecaptionConfig, models: dict[str, _Model], t_start: float) -> 
             "captioned": m.captioned,
             "failures": dict(sorted(m.failures.items())),
             "generated_tokens": m.tokens,
+            "prompt_tokens": m.prompt_tokens,  # as the engine counted them (0: not counted)
             "images_per_s": m.images / wall if wall else None,
             "generated_tokens_per_s": m.tokens / wall if wall else None,
             "engine_seconds": m.engine_seconds,

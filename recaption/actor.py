@@ -43,12 +43,13 @@ class EngineWorker:
         cfg = self.cfg
         t0 = time.perf_counter()
         rows: dict[str, dict[str, Any]] = {}
-        generated = 0
+        generated = prompt_tokens = 0
         for start in range(0, len(decoded.keys), cfg.batch_size):
             keys = decoded.keys[start : start + cfg.batch_size]
             images = decoded.images[start : start + cfg.batch_size]
             for gen in self.engine.generate(keys, images):
                 generated += gen.generated_tokens
+                prompt_tokens += gen.prompt_tokens
                 clean = clean_caption(gen.raw_text, gen.finish_reason)
                 ok = clean.status == "ok"
                 rows[gen.key] = {
@@ -75,6 +76,7 @@ class EngineWorker:
             "captioned": sum(r["status"] == S.STATUS_OK for r in ordered),
             "failures": dict(Counter(r["status"] for r in ordered if r["status"] != S.STATUS_OK)),
             "generated_tokens": generated,
+            "prompt_tokens": prompt_tokens,  # 0 from engines that do not count them
             "engine_images": len(decoded.keys),
             "seconds": time.perf_counter() - t0,
         }

@@ -48,6 +48,10 @@ def unit_path(output: str | Path, model: str, shard: str) -> Path:
 
 # ModelConfig fields that do not change the captions (scheduling only): not fingerprinted.
 _NOT_OUTPUT = {"replicas", "gpus_per_replica", "cpus_per_replica", "batch_size"}
+# Where and how an endpoint is reached (engine openai): the same served model gives the same
+# captions from another address, key, concurrency or retry policy.
+_NOT_OUTPUT |= {"base_url", "api_key_env", "concurrency", "request_timeout_s"}
+_NOT_OUTPUT |= {"request_retries", "retry_backoff_s"}
 
 
 def unit_record(model_cfg: Any, inputs: dict[str, Any]) -> dict[str, Any]:
