@@ -114,7 +114,10 @@ class OpenAIEngine:
     """An OpenAI-compatible endpoint for one model config (`ModelConfig`, `engine: openai`)."""
 
     def __init__(self, model_cfg: Any) -> None:
-        import httpx
+        try:
+            import httpx
+        except ImportError as exc:
+            raise ImportError("engine openai needs httpx: `pip install longcap[openai]`") from exc
 
         t0 = time.perf_counter()
         self.cfg = model_cfg
@@ -134,8 +137,6 @@ class OpenAIEngine:
             limits=httpx.Limits(
                 max_connections=self.concurrency, max_keepalive_connections=self.concurrency
             ),
-            # A proxy from the environment would see every image; only an explicit one is used.
-            trust_env=False,
         )
         self.retries_done = 0  # retries since the engine started (all units)
         self._lock = threading.Lock()
