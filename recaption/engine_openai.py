@@ -217,10 +217,14 @@ class OpenAIEngine:
                     wait_s = max(wait_s, min(exc.retry_after, MAX_RETRY_WAIT_S))
                 with self._lock:
                     self.retries_done += 1
-                log.warning(
-                    "model %s, key %s: %s; retry %d/%d in %.2fs",
-                    cfg.name, key, exc, attempt, cfg.request_retries, wait_s,
-                )  # fmt: skip
+                    done = self.retries_done
+                if done & (done - 1) == 0:
+                    # The 1st, 2nd, 4th, 8th... retry only: a server that is down fails every
+                    # request of a batch, and one line each would drown the job's output.
+                    log.warning(
+                        "model %s: %d retries so far; latest: key %s: %s; retry %d/%d in %.2fs",
+                        cfg.name, done, key, exc, attempt, cfg.request_retries, wait_s,
+                    )  # fmt: skip
                 if self._wait(stop, wait_s):
                     raise _Abandoned(key) from None
         raise AssertionError("unreachable")

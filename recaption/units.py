@@ -61,6 +61,10 @@ def unit_record(model_cfg: Any, inputs: dict[str, Any]) -> dict[str, Any]:
     from shards.fingerprint import made_from
 
     config = {k: v for k, v in asdict(model_cfg).items() if k not in _NOT_OUTPUT}
+    if config.get("served_model") is None:
+        # Recorded only when set (engine openai), so that units written before the field
+        # existed keep their fingerprint.
+        config.pop("served_model", None)
     return made_from(config, inputs)
 
 

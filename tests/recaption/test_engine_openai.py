@@ -337,3 +337,114 @@ def test_endpoint_fields_do_not_change_the_unit_fingerprint():
     b = _cfg("http://10.0.0.1:8000/v1", concurrency=64, request_retries=9, api_key_env="K")
     assert unit_record(a, {}) == unit_record(b, {})
     assert unit_record(a, {}) != unit_record(_cfg(a.base_url, served_model="other"), {})
+    # A vllm model's record holds none of the endpoint fields: units written before they
+    # existed keep their fingerprint.
+    plain = ModelConfig(name="m", family="llava-1.5", path="/models/llava")
+    endpoint_fields = {"base_url", "served_model", "api_key_env", "concurrency"}
+    endpoint_fields |= {"request_timeout_s", "request_retries", "retry_backoff_s"}
+    assert not endpoint_fields & set(unit_record(plain, {})["config"])
+
+
+# --- a real `vllm serve`, killed mid-job and restarted (slow) ---------------------------------
+
+
+def _keys_of(output, model: str, shards: list[str]) -> list[str]:
+    from recaption.units import read_unit, unit_path
+
+    return [r["key"] for s in shards for r in read_unit(unit_path(output, model, s)).to_pylist()]
+
+
+@pytest.mark.slow
+def test_vllm_serve_job_kill_and_rerun(tiny_models, tmp_path, monkeypatch):
+    """One recaption job through `engine: openai` against `vllm serve`: every key once. Then
+    a second job whose server is killed after its first unit: the requests are retried, the
+    units fail, nothing partial is written; the server restarts (on another port: base_url is
+    not part of a unit's fingerprint) and a rerun completes them, every key once."""
+    import ray
+
+    from pipeline.recaption import run
+    from pipeline.recaption_config import load_config
+    from shards.readers import shard_names
+    from tests.recaption.conftest import make_input_shards, write_config
+    from toyworld.vllm_server import VLLMServer
+
+    inp = make_input_shards(tmp_path / "in", shards=4, per_shard=5)
+    names = shard_names(inp)
+    expected = {s: sorted(_expected_keys(inp, s)) for s in names}  # captioned or failed
+    monkeypatch.setenv("LONGCAP_TEST_OPENAI_KEY", "test-key-123")
+    log = tmp_path / "vllm_serve.log"
+    server = VLLMServer(tiny_models["llava-1.5"], log, served_model="tiny-llava",
+                        api_key="test-key-123")  # fmt: skip
+    restarted = None
+    try:
+        server.wait_ready()
+
+        def job(out: str, url: str):
+            path = write_config(
+                tmp_path / f"{out}.yaml", inp, tmp_path / out,
+                {"remote": ("llava-1.5", "tiny-llava")}, progress=False,
+            )  # fmt: skip
+            import yaml
+
+            cfg = yaml.safe_load(path.read_text())
+            cfg["models"][0].update(
+                engine="openai", base_url=url, api_key_env="LONGCAP_TEST_OPENAI_KEY",
+                max_tokens=8, concurrency=4, request_retries=2, retry_backoff_s=0.2,
+                request_timeout_s=60,
+            )  # fmt: skip
+            path.write_text(yaml.safe_dump(cfg))
+            return load_config(path)
+
+        # 1. The whole job: every key once, in every unit; the endpoint's usage in the report.
+        report = run(job("out1", server.base_url))
+        m = report["models"]["remote"]
+        assert report["complete"] and m["units_done"] == len(names)
+        for s in names:
+            assert sorted(_keys_of(tmp_path / "out1", "remote", [s])) == expected[s]
+        assert m["captioned"] == sum(len(v) for v in expected.values()) - 2  # 2 bad rows
+        assert m["prompt_tokens"] > 0 and m["generated_tokens"] > 0
+
+        # 2. The server dies after the first unit of a new job: retries, then failed units.
+        cfg2 = job("out2", server.base_url)
+        first: list[str] = []
+
+        def kill_after_first(model: str, shard: str) -> None:
+            if not first:
+                first.append(shard)
+                server.kill()
+
+        report = run(cfg2, on_unit=kill_after_first)
+        m = report["models"]["remote"]
+        assert not report["complete"] and m["units_done"] >= 1 and m["units_failed"]
+        assert m["units_done"] + len(m["units_failed"]) == len(names)
+        for failed in m["units_failed"]:
+            assert "3 times (2 retries)" in failed["error"], failed
+            assert "connection error" in failed["error"], failed
+        unit_dir = tmp_path / "out2" / "captions" / "remote"
+        written = sorted(p.stem for p in unit_dir.glob("*.parquet"))
+        assert len(written) == m["units_done"]  # no partial unit of a failed one
+        assert not [p for p in unit_dir.iterdir() if not p.name.endswith(".parquet")]
+
+        # 3. A new server (another port) and a rerun: the failed units only, every key once.
+        restarted = VLLMServer(tiny_models["llava-1.5"], log, served_model="tiny-llava",
+                               api_key="test-key-123")  # fmt: skip
+        restarted.wait_ready()
+        report = run(job("out2", restarted.base_url))
+        m = report["models"]["remote"]
+        assert report["complete"]
+        assert m["units_skipped"] == len(written) and m["units_done"] == len(names) - len(written)
+        for s in names:
+            keys = _keys_of(tmp_path / "out2", "remote", [s])
+            assert sorted(keys) == expected[s] and len(keys) == len(set(keys))
+    finally:
+        ray.shutdown()
+        server.stop()
+        if restarted is not None:
+            restarted.stop()
+
+
+def _expected_keys(inp, shard: str) -> list[str]:
+    """Every key of an input shard (its sidecar lists the failed downloads too)."""
+    import pyarrow.parquet as pq
+
+    return pq.read_table(inp / f"{shard}.parquet", columns=["key"]).column("key").to_pylist()
