@@ -10,6 +10,12 @@ settings and sampling, one command:
      unit, over the time between the first and the last unit finishing.
 The two alternate `--repeat` times (3); the median of the paired ratios is the figure.
 Run: .venv/bin/python bench/recaption.py [--images 2400] [--shard 200] [--max-tokens 64]
+
+With `--openai`, the same command instead pairs bare vLLM with the openai engine
+(`recaption.engine_openai.OpenAIEngine`, `--openai-concurrency` requests in flight) against
+`vllm serve` of the same tiny model on 127.0.0.1 (`toyworld.vllm_server`, same engine settings,
+started once, its start-up untimed): the same pre-decoded images, one `generate` per shard,
+steady state after the first shard; the ratio is openai over bare.
 """
 
 from __future__ import annotations
@@ -73,6 +79,63 @@ def bare(model: str, inp: str, max_tokens: int) -> None:
     print(json.dumps({"steady_images_per_s": steady, "load_s": engine.load_seconds}))
 
 
+def openai_rate(base_url: str, model: str, inp: str, max_tokens: int, concurrency: int) -> float:
+    """Steady-state images/s of the openai engine on pre-decoded images, one call per shard."""
+    from pipeline.recaption_config import ModelConfig
+    from recaption.engine_openai import OpenAIEngine
+    from recaption.units import decode_shard
+    from shards.readers import shard_names
+
+    cfg = ModelConfig(
+        name="openai", family="llava-1.5", path=model, served_model="tiny", engine="openai",
+        base_url=base_url, max_tokens=max_tokens, concurrency=concurrency,
+    )  # fmt: skip
+    engine = OpenAIEngine(cfg)
+    shards = [decode_shard(inp, n, engine.family.image_size) for n in shard_names(Path(inp))]
+    times = []
+    for d in shards:
+        t0 = time.perf_counter()
+        engine.generate(d.keys, d.images)
+        times.append(time.perf_counter() - t0)
+    engine.close()
+    return sum(len(d.keys) for d in shards[1:]) / sum(times[1:])
+
+
+def openai_vs_bare(work: Path, model: str, inp: Path, child: list[str], env, args) -> None:
+    """`--openai`: bare vLLM and the openai engine against `vllm serve`, alternating."""
+    import signal
+
+    from toyworld.vllm_server import VLLMServer
+
+    # A SIGTERM (a `timeout`) still stops the server: it runs in its own process group.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    rows = []
+    with VLLMServer(model, work / "vllm_serve.log", served_model="tiny") as server:
+        up = server.wait_ready()
+        for _ in range(args.repeat):
+            out = subprocess.run(child, env=env, capture_output=True, text=True, check=True)
+            bare_rate = json.loads(out.stdout.strip().splitlines()[-1])["steady_images_per_s"]
+            api = openai_rate(
+                server.base_url, model, str(inp), args.max_tokens, args.openai_concurrency
+            )
+            rows.append((bare_rate, api))
+            print(f"pair {len(rows)}: bare {bare_rate:.2f}, openai {api:.2f} images/s", flush=True)
+    print(f"{args.images} images in shards of {args.shard}, 96 px JPEG, tiny LLaVA-1.5, ")
+    print(f"max_tokens {args.max_tokens}; machine {platform.machine()}, {os.cpu_count()} cores")
+    print(f"vllm serve up in {up:.0f}s (untimed); openai concurrency {args.openai_concurrency}")
+    print()
+    print(
+        "| pair | bare `vllm.LLM.generate` images/s | openai engine (vllm serve) images/s | ratio |"
+    )
+    print("|---|---:|---:|---:|")
+    ratios = []
+    for i, (b, a) in enumerate(rows, 1):
+        ratios.append(a / b)
+        print(f"| {i} | {b:.1f} | {a:.1f} | {a / b:.2f} |")
+    ratios.sort()
+    print(f"\nmedian ratio {ratios[len(ratios) // 2]:.2f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--images", type=int, default=2400)
@@ -81,6 +144,10 @@ def main() -> None:
     parser.add_argument("--work", default="/tmp/longcap_bench_recaption")
     parser.add_argument("--repeat", type=int, default=3, help="bare/pipeline pairs")
     parser.add_argument("--bare-child", nargs=2, metavar=("MODEL", "INPUT"))
+    parser.add_argument(
+        "--openai", action="store_true", help="bare vLLM vs the openai engine on vllm serve"
+    )
+    parser.add_argument("--openai-concurrency", type=int, default=32)
     args = parser.parse_args()
     if args.bare_child:
         bare(*args.bare_child, args.max_tokens)
@@ -99,6 +166,9 @@ def main() -> None:
     env = {**os.environ, "VLLM_LOGGING_LEVEL": "WARNING"}
     child = [sys.executable, __file__, "--bare-child", model, str(inp)]
     child += ["--max-tokens", str(args.max_tokens)]
+    if args.openai:
+        openai_vs_bare(work, model, inp, child, env, args)
+        return
     cfg_path = work / "run.yaml"
     cfg_path.write_text(
         yaml.safe_dump(
