@@ -23,6 +23,12 @@ so decode-ahead is always full), sampled every 50 ms from Ray's state API; image
 (`chunk_images`, default 100), so the two peaks should be within 1.2x. `--memory-whole` adds
 the same runs with one chunk per shard, as the job moved images before chunks.
 Run: .venv/bin/python bench/recaption.py --memory [--memory-whole]
+
+With `--openai`, the same command instead pairs bare vLLM with the openai engine
+(`recaption.engine_openai.OpenAIEngine`, `--openai-concurrency` requests in flight) against
+`vllm serve` of the same tiny model on 127.0.0.1 (`toyworld.vllm_server`, same engine settings,
+started once, its start-up untimed): the same pre-decoded images, one `generate` per shard,
+steady state after the first shard; the ratio is openai over bare.
 """
 
 from __future__ import annotations
@@ -208,6 +214,63 @@ def memory_mode(work: Path, whole: bool) -> None:
     print(f"\npeak(2000) / peak(200) with chunks: {chunked[2000] / chunked[200]:.2f} (limit 1.2)")
 
 
+def openai_rate(base_url: str, model: str, inp: str, max_tokens: int, concurrency: int) -> float:
+    """Steady-state images/s of the openai engine on pre-decoded images, one call per shard."""
+    from pipeline.recaption_config import ModelConfig
+    from recaption.engine_openai import OpenAIEngine
+    from recaption.units import decode_shard
+    from shards.readers import shard_names
+
+    cfg = ModelConfig(
+        name="openai", family="llava-1.5", path=model, served_model="tiny", engine="openai",
+        base_url=base_url, max_tokens=max_tokens, concurrency=concurrency,
+    )  # fmt: skip
+    engine = OpenAIEngine(cfg)
+    shards = [decode_shard(inp, n, engine.family.image_size) for n in shard_names(Path(inp))]
+    times = []
+    for d in shards:
+        t0 = time.perf_counter()
+        engine.generate(d.keys, d.images)
+        times.append(time.perf_counter() - t0)
+    engine.close()
+    return sum(len(d.keys) for d in shards[1:]) / sum(times[1:])
+
+
+def openai_vs_bare(work: Path, model: str, inp: Path, child: list[str], env, args) -> None:
+    """`--openai`: bare vLLM and the openai engine against `vllm serve`, alternating."""
+    import signal
+
+    from toyworld.vllm_server import VLLMServer
+
+    # A SIGTERM (a `timeout`) still stops the server: it runs in its own process group.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    rows = []
+    with VLLMServer(model, work / "vllm_serve.log", served_model="tiny") as server:
+        up = server.wait_ready()
+        for _ in range(args.repeat):
+            out = subprocess.run(child, env=env, capture_output=True, text=True, check=True)
+            bare_rate = json.loads(out.stdout.strip().splitlines()[-1])["steady_images_per_s"]
+            api = openai_rate(
+                server.base_url, model, str(inp), args.max_tokens, args.openai_concurrency
+            )
+            rows.append((bare_rate, api))
+            print(f"pair {len(rows)}: bare {bare_rate:.2f}, openai {api:.2f} images/s", flush=True)
+    print(f"{args.images} images in shards of {args.shard}, 96 px JPEG, tiny LLaVA-1.5, ")
+    print(f"max_tokens {args.max_tokens}; machine {platform.machine()}, {os.cpu_count()} cores")
+    print(f"vllm serve up in {up:.0f}s (untimed); openai concurrency {args.openai_concurrency}")
+    print()
+    print(
+        "| pair | bare `vllm.LLM.generate` images/s | openai engine (vllm serve) images/s | ratio |"
+    )
+    print("|---|---:|---:|---:|")
+    ratios = []
+    for i, (b, a) in enumerate(rows, 1):
+        ratios.append(a / b)
+        print(f"| {i} | {b:.1f} | {a:.1f} | {a / b:.2f} |")
+    ratios.sort()
+    print(f"\nmedian ratio {ratios[len(ratios) // 2]:.2f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--images", type=int, default=2400)
@@ -220,6 +283,10 @@ def main() -> None:
     parser.add_argument("--hf-child", nargs=2, metavar=("MODEL", "INPUT"))
     parser.add_argument("--memory", action="store_true", help="peak object-store bytes mode")
     parser.add_argument("--memory-whole", action="store_true", help="also one chunk per shard")
+    parser.add_argument(
+        "--openai", action="store_true", help="bare vLLM vs the openai engine on vllm serve"
+    )
+    parser.add_argument("--openai-concurrency", type=int, default=32)
     args = parser.parse_args()
     if args.memory:
         memory_mode(Path(args.work) / "memory", args.memory_whole)
@@ -246,6 +313,9 @@ def main() -> None:
     child += ["--max-tokens", str(args.max_tokens)]
     hf_child = [sys.executable, __file__, "--hf-child", model, str(inp)]
     hf_child += ["--max-tokens", str(args.max_tokens), "--hf-batch", str(args.hf_batch)]
+    if args.openai:
+        openai_vs_bare(work, model, inp, child, env, args)
+        return
     cfg_path = work / "run.yaml"
     cfg_path.write_text(
         yaml.safe_dump(

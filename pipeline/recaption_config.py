@@ -57,6 +57,20 @@ class ModelConfig:
             family = FAMILIES.get(self.family)  # an unknown family is _validate_model's error
             self.engine = family.engines[0] if family else "vllm"
 
+    # engine openai only (recaption/engine_openai.py): the endpoint, e.g.
+    # http://127.0.0.1:8000/v1 (requests go to {base_url}/chat/completions); the model name it
+    # serves (None: `path`); the NAME of the environment variable holding the API key (None: no
+    # key; never the key itself); requests in flight per engine; seconds one request may take;
+    # retries of a request (408, 429, 5xx, connection errors), the first after retry_backoff_s,
+    # doubling, or after the server's Retry-After when longer.
+    base_url: str | None = None
+    served_model: str | None = None
+    api_key_env: str | None = None
+    concurrency: int = 32
+    request_timeout_s: float = 300.0
+    request_retries: int = 4
+    retry_backoff_s: float = 1.0
+
 
 @dataclass
 class RecaptionConfig:
@@ -117,6 +131,7 @@ def _validate_model(m: ModelConfig, where: str) -> None:
             f"must be one of {sorted(ENGINES)} or package.module:Class",
         ),
     ]
+    checks += _endpoint_checks(m)
     for name, ok, msg in checks:
         if not ok:
             raise config_error(f"{where}.{name}", f"{msg}, got {getattr(m, name)!r}")
@@ -133,6 +148,34 @@ def _validate_model(m: ModelConfig, where: str) -> None:
             "the transformers engine runs a model on one GPU (or a share of one); for more "
             f"GPUs raise `replicas`, got {m.gpus_per_replica!r}",
         )
+
+
+def _endpoint_checks(m: ModelConfig) -> list[tuple[str, bool, str]]:
+    """The fields of engine openai: required and well-formed with it, absent without it."""
+    if m.engine != "openai":
+        builtin = m.engine in ("vllm", "transformers")
+        return [
+            (name, not builtin or getattr(m, name) is None, "is only read by `engine: openai`")
+            for name in ("base_url", "served_model", "api_key_env")
+        ]
+    return [
+        (
+            "base_url",
+            isinstance(m.base_url, str)
+            and re.fullmatch(r"https?://[^/\s?#]+(/[^\s?#]*)?", m.base_url) is not None,
+            "must be the endpoint's http:// or https:// URL, e.g. http://127.0.0.1:8000/v1",
+        ),
+        ("served_model", m.served_model is None or bool(m.served_model), "must not be empty"),
+        (
+            "api_key_env",
+            m.api_key_env is None or re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", m.api_key_env),
+            "must be the NAME of an environment variable holding the key (never the key)",
+        ),
+        ("concurrency", m.concurrency >= 1, "must be >= 1"),
+        ("request_timeout_s", m.request_timeout_s > 0, "must be > 0"),
+        ("request_retries", m.request_retries >= 0, "must be >= 0"),
+        ("retry_backoff_s", m.retry_backoff_s >= 0, "must be >= 0"),
+    ]
 
 
 def parse_config(data: Any, source: str = "config") -> RecaptionConfig:
@@ -236,6 +279,8 @@ def resolve_model_paths(models: list[ModelConfig], base: Path, source: str) -> N
     folder's architecture must fit the family, anything else must look like a hub id."""
     for i, m in enumerate(models):
         where = f"{source}: models[{i}]"
+        if m.engine == "openai":
+            continue  # `path` names the served model; the endpoint holds the checkpoint
         local = base / Path(m.path).expanduser()  # an absolute path stays as it is
         if local.exists():
             m.path = str(local.resolve())

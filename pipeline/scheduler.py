@@ -142,7 +142,7 @@ class _Model:
         self.skipped = len(shards) - len(self.queue)
         self.engines: list[_Engine] = []
         self.prefetched: dict[str, Any] = {}  # shard -> its stream, opened ahead
-        self.images = self.captioned = self.tokens = 0
+        self.images = self.captioned = self.tokens = self.prompt_tokens = 0
         self.failures: Counter[str] = Counter()
         self.engine_seconds = 0.0
         self.failed_units: list[dict[str, Any]] = []
@@ -462,6 +462,7 @@ def _count_unit(model: _Model, summary: dict[str, Any]) -> None:
     model.images += summary["images"]
     model.captioned += summary["captioned"]
     model.tokens += summary["generated_tokens"]
+    model.prompt_tokens += summary.get("prompt_tokens", 0)
     model.engine_seconds += summary["seconds"]
     model.failures.update(summary["failures"])
     model.nodes[summary.get("node") or "unknown"] += 1
@@ -498,6 +499,7 @@ def _report(job: RecaptionConfig, models: dict[str, _Model], t_start: float) -> 
             "captioned": m.captioned,
             "failures": dict(sorted(m.failures.items())),
             "generated_tokens": m.tokens,
+            "prompt_tokens": m.prompt_tokens,
             "images_per_s": m.images / wall if wall else None,
             "generated_tokens_per_s": m.tokens / wall if wall else None,
             "engine_seconds": m.engine_seconds,

@@ -48,6 +48,7 @@ class _UnitState:
     batch_keys: list[str] = field(default_factory=list)
     batch_images: list[Any] = field(default_factory=list)
     generated: int = 0
+    prompt_tokens: int = 0  # as the engine counted them (an endpoint's usage), 0 if unknown
     engine_images: int = 0
     seconds: float = 0.0
 
@@ -123,6 +124,7 @@ class EngineWorker:
             "captioned": sum(r["status"] == S.STATUS_OK for r in ordered),
             "failures": dict(Counter(r["status"] for r in ordered if r["status"] != S.STATUS_OK)),
             "generated_tokens": st.generated,
+            "prompt_tokens": st.prompt_tokens,
             "engine_images": st.engine_images,
             "seconds": st.seconds + time.perf_counter() - t0,
             "node": node_address(),
@@ -147,6 +149,7 @@ class EngineWorker:
         cfg = self.cfg
         for gen in self.engine.generate(keys, images):
             st.generated += gen.generated_tokens
+            st.prompt_tokens += gen.prompt_tokens
             clean = clean_caption(gen.raw_text, gen.finish_reason)
             ok = clean.status == "ok"
             st.rows[gen.key] = {

@@ -56,6 +56,10 @@ def unit_path(output: str | Path, model: str, shard: str) -> storage.AnyPath:
 
 # ModelConfig fields that do not change the captions (scheduling only): not fingerprinted.
 _NOT_OUTPUT = {"replicas", "gpus_per_replica", "cpus_per_replica", "batch_size"}
+# Where and how an endpoint is reached (engine openai): the same served model gives the same
+# captions from another address, key, concurrency or retry policy.
+_NOT_OUTPUT |= {"base_url", "api_key_env", "concurrency", "request_timeout_s"}
+_NOT_OUTPUT |= {"request_retries", "retry_backoff_s"}
 
 
 def unit_record(model_cfg: Any, inputs: dict[str, Any]) -> dict[str, Any]:
@@ -65,6 +69,10 @@ def unit_record(model_cfg: Any, inputs: dict[str, Any]) -> dict[str, Any]:
     from shards.fingerprint import made_from
 
     config = {k: v for k, v in asdict(model_cfg).items() if k not in _NOT_OUTPUT}
+    if config.get("served_model") is None:
+        # Recorded only when set (engine openai), so that units written before the field
+        # existed keep their fingerprint.
+        config.pop("served_model", None)
     return made_from(config, inputs)
 
 
