@@ -244,3 +244,24 @@ def test_killed_bucket_build_resumes_without_downloading_again(
     ref_keys = [r[0] for shard in dataset_rows(local_reference).values() for r in shard]
     assert len(keys) == len(set(keys)), "a key is in the dataset twice"
     assert sorted(keys) == sorted(ref_keys)
+
+
+def test_distributed_ingest_to_a_bucket_is_refused_naming_the_field(tmp_path):
+    from pipeline.build import load_build_config
+    from pipeline.config_loader import ConfigError
+
+    url_list = tmp_path / "urls.csv"
+    url_list.write_text("url,caption\nhttp://127.0.0.1/a.jpg,a\n")
+    cfg = tmp_path / "build.yaml"
+    write_build_config(cfg, url_list, Path("unused"), [stub_model()], PER_SHARD)
+    data = yaml.safe_load(cfg.read_text())
+    data["output"] = "s3://bucket/build/"
+    cfg.write_text(yaml.safe_dump(data))
+    loaded = load_build_config(cfg)  # multiprocessing: the URI is kept as given, less the "/"
+    assert loaded.output == "s3://bucket/build"
+    assert loaded.recaption.input == "s3://bucket/build/ingest/shards"
+    assert loaded.recaption.output == "s3://bucket/build/recaption"
+    data["ingest"]["distributor"] = "ray"
+    cfg.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError, match=r"ingest\.distributor: ray cannot yet write to an"):
+        load_build_config(cfg)
