@@ -329,12 +329,12 @@ def start_ingest(
     return popen_tied(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=work)
 
 
-def ready_shards(shard_dir: Path) -> list[str]:
-    """Shards img2dataset has finished: their `_stats.json` is written last."""
-    if not shard_dir.is_dir():
-        return []
+def ready_shards(shard_dir: str | Path | storage.ObjectPath) -> list[str]:
+    """Shards img2dataset has finished: their `_stats.json` is written last (in a bucket, the
+    build uploads it last). One listing of the folder or prefix."""
+    names = {p.name for p in storage.list_files(shard_dir, "*.*")}
     return sorted(
-        p.name[: -len("_stats.json")]
-        for p in shard_dir.glob("*_stats.json")
-        if (shard_dir / (p.name[: -len("_stats.json")] + ".tar")).exists()
+        n[: -len("_stats.json")]
+        for n in names
+        if n.endswith("_stats.json") and n[: -len("_stats.json")] + ".tar" in names
     )

@@ -12,7 +12,7 @@ write_text, unlink), backed by a `pyarrow.fs.FileSystem`. The functions below ta
   asked for);
 - `write_bytes(p, data)`: atomic locally (temp, fsync, rename, fsync the folder), one PUT on S3;
 - `upload(local, dest)`, `download(src, local)`, `exists(p)`, `list_files(p, pattern,
-  recursive)`, `delete(p)`, `join(base, *names)`, `staging_dir()`;
+  recursive)`, `delete(p)`, `join(base, *names)`, `staging_dir()`, `mirror_dir(uri, kind)`;
 - `write_marked(files, mark, mark_bytes)`: data files first, then the completion mark. S3 has no
   rename: each object appears whole when its PUT completes, but a unit of several objects
   appears one object at a time. Readers and resumed runs trust only units whose mark exists,
@@ -477,6 +477,16 @@ def staging_dir() -> Path:
         if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
             shutil.rmtree(old, ignore_errors=True)
     return Path(tempfile.mkdtemp(prefix=f"longcap-stage-{os.getpid()}-", dir=base))
+
+
+def mirror_dir(uri: str, kind: str) -> Path:
+    """The local working copy of a run whose output is the URI `uri`: one folder per URI and
+    kind (`run`: a training run, `build`: a build's ingest), under LONGCAP_STAGING_DIR, else the
+    system temp folder, so that a rerun on this machine finds the same one."""
+    import hashlib
+
+    base = os.environ.get("LONGCAP_STAGING_DIR") or tempfile.gettempdir()
+    return Path(base) / f"longcap-{kind}-{hashlib.sha256(uri.encode()).hexdigest()[:16]}"
 
 
 def write_marked(

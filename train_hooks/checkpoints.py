@@ -17,13 +17,10 @@ A checkpoint is read straight from the bucket (`load_checkpoint_file`, still wei
 
 from __future__ import annotations
 
-import hashlib
 import io
-import os
 import random
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -161,8 +158,7 @@ _RUN_OBJECTS = ("config.json", "log.jsonl", "keys_rank*.jsonl", "checkpoints/ste
 def mirror_folder(remote: str) -> Path:
     """The local working copy of a run whose folder is a URI (under LONGCAP_STAGING_DIR, else the
     system temp folder; one per URI, so that a resumed run on this machine finds it)."""
-    base = os.environ.get("LONGCAP_STAGING_DIR") or tempfile.gettempdir()
-    return Path(base) / f"longcap-run-{hashlib.sha256(remote.encode()).hexdigest()[:16]}"
+    return storage.mirror_dir(remote, "run")
 
 
 def _run_objects(remote: str) -> dict[str, storage.ObjectPath]:
