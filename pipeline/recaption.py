@@ -28,7 +28,6 @@ import json
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from pipeline.executor_ray import NAMESPACE, failure_kind, init_ray
@@ -151,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         import traceback
 
         traceback.print_exc()
-        print(f"recaption: crashed; report: {Path(cfg.output) / 'recaption_report.json'}")
+        print(f"recaption: crashed; report: {storage.join(cfg.output, 'recaption_report.json')}")
         return 3
     for name, m in report["models"].items():
         print(
@@ -159,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{m['units_done']} units done, {m['units_skipped']} skipped, "
             f"{len(m['units_failed'])} failed, {m['images_per_s']:.2f} images/s"
         )
-    print(f"report: {Path(cfg.output) / 'recaption_report.json'}")
+    print(f"report: {storage.join(cfg.output, 'recaption_report.json')}")
     return 0 if report["complete"] else 1
 
 
