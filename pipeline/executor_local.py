@@ -241,6 +241,13 @@ class LocalExecutor:
     def kill(self, engine: _Engine) -> None:
         engine.kill()
 
+    def release(self, engines: list[_Engine]) -> None:
+        """The job is over: each engine's thread ends once idle, and its model is freed."""
+        for engine in engines:
+            engine.restarts_left = 0
+            if engine.calls is not None:
+                engine.calls.put(None)
+
     def task(self, fn: Callable[..., Any], *args: Any) -> Any:
         from concurrent.futures import ThreadPoolExecutor
 

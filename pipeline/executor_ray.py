@@ -15,6 +15,7 @@ import os
 import re
 import socket
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -129,6 +130,7 @@ class RayExecutor:
         self.job = job
         self._decode = None
         self._tasks: dict[Callable[..., Any], Any] = {}
+        self._names: dict[Any, str] = {}  # actor handle -> its name
 
     def start(self) -> None:
         import ray
@@ -146,10 +148,11 @@ class RayExecutor:
     def start_engine(self, model: ModelConfig, index: int) -> Any:
         from recaption.actor import actor_class
 
-        return (
+        name = f"longcap-{model.name}-{index}"
+        actor = (
             actor_class()
             .options(
-                name=f"longcap-{model.name}-{index}",
+                name=name,
                 num_cpus=model.cpus_per_replica,
                 num_gpus=model.gpus_per_replica,
                 max_restarts=self.job.max_actor_restarts,
@@ -158,6 +161,8 @@ class RayExecutor:
             )
             .remote(model)
         )
+        self._names[actor] = name
+        return actor
 
     def ready(self, engine: Any) -> Any:
         return engine.ready.remote()
@@ -216,6 +221,28 @@ class RayExecutor:
         import ray
 
         ray.kill(engine, no_restart=False)
+
+    def release(self, engines: list[Any]) -> None:
+        """Kill the job's actors now and wait (up to 30 s) until their names are free: Ray
+        frees an actor whose handles are gone only later, and a next job in the same driver
+        (a rerun, the tests) names its actors the same."""
+        import ray
+
+        names = []
+        for engine in engines:
+            try:
+                ray.kill(engine, no_restart=True)
+                names.append(self._names.pop(engine, None))
+            except Exception:  # noqa: S112 - already dead or unreachable: nothing to free
+                continue
+        deadline = time.time() + 30
+        for name in filter(None, names):
+            while time.time() < deadline:
+                try:
+                    ray.get_actor(name, namespace=ray.get_runtime_context().namespace)
+                except ValueError:
+                    break  # the name is free
+                time.sleep(0.1)
 
     def task(self, fn: Callable[..., Any], *args: Any) -> Any:
         import ray

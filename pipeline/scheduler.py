@@ -60,6 +60,9 @@ class Executor(Protocol):
     def close_stream(self, stream: Any) -> None:
         """Stop a stream the scheduler no longer needs."""
 
+    def release(self, engines: list[Any]) -> None:
+        """The job is over: stop these engines for good (a next job may reuse their names)."""
+
     def feed(self, engine: Any, unit: UnitSpec, chunk: Any) -> Any:
         """Send a chunk to an engine: a call that returns the number of images taken."""
 
@@ -448,6 +451,10 @@ def run_units(
                 ex.close_stream(stream)
             except Exception:  # noqa: S110 - closing is best effort; the crash (if any) goes on
                 pass
+        try:
+            ex.release([e.handle for m in models.values() for e in m.engines])
+        except Exception:  # noqa: S110 - best effort, as above
+            pass
 
 
 def _count_unit(model: _Model, summary: dict[str, Any]) -> None:

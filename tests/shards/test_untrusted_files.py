@@ -192,6 +192,7 @@ def test_build_hands_the_caps_to_img2dataset(tmp_path, monkeypatch):
     """run_build starts img2dataset with the caps every other loader applies."""
     import pipeline.build as B
     from pipeline.ingest import IngestConfig, start_ingest
+    from pipeline.recaption_config import RecaptionConfig
     from shards.assemble import AssembleConfig
 
     seen = {}
@@ -199,7 +200,7 @@ def test_build_hands_the_caps_to_img2dataset(tmp_path, monkeypatch):
     class Stop(Exception):
         pass
 
-    def fake_start(cfg, work, extra_columns, extra_args=()):
+    def fake_start(cfg, work, extra_columns, extra_args=(), ray_address=None):
         seen["args"] = list(extra_args)
         raise Stop
 
@@ -208,8 +209,10 @@ def test_build_hands_the_caps_to_img2dataset(tmp_path, monkeypatch):
     })  # fmt: skip
     monkeypatch.setattr(B, "_write_rejected", lambda work, out: None)
     monkeypatch.setattr(B, "start_ingest", fake_start)
+    # The build starts its executor before img2dataset: the local one, with no model.
+    recap = RecaptionConfig(str(tmp_path / "in"), str(tmp_path / "rec"), [], executor="local")
     cfg = B.BuildConfig(
-        str(tmp_path / "out"), IngestConfig(url_list="x.csv"), None, AssembleConfig()
+        str(tmp_path / "out"), IngestConfig(url_list="x.csv"), recap, AssembleConfig()
     )
     with pytest.raises(Stop):
         B.run_build(cfg)
