@@ -334,7 +334,7 @@ def run_units(
             if not free:
                 return
             engine = min(free, key=lambda e: len(e.units))
-            shard = model.queue.popleft()
+            shard = _next_shard(model)
             stream = model.prefetched.pop(shard, None)
             if stream is None:
                 stream = ex.open_stream(shard, model.size)
@@ -344,6 +344,20 @@ def run_units(
             engine.units.append(unit)
             streams[stream] = unit
             clock.submit(unit, id(engine), time.time())
+
+    def _next_shard(model: _Model) -> str:
+        """The queued shard whose decoded chunk is ready, if any, else the queue's head. A
+        decoding stream waiting for its chunk to be taken keeps its CPU: an engine that waited
+        for a stream still to be scheduled (the retry of one lost with its node) while ready
+        streams held every free CPU would wait forever (tests/pipeline/test_multinode.py)."""
+        shard = model.queue[0]
+        if model.prefetched:
+            ready = ex.wait(list(model.prefetched.values()), 0)
+            found = [s for s, st in model.prefetched.items() if ready and st is ready[0]]
+            if found and found[0] in model.queue:
+                shard = found[0]
+        model.queue.remove(shard)
+        return shard
 
     def take_chunk(stream: Any) -> None:
         unit = streams[stream]
@@ -396,7 +410,9 @@ def run_units(
             feeding = [u.stream for u in streams.values() if u.engine.unacked < job.prefetch_chunks]
             # Done when no unit waits or runs: an engine still (re)starting then has nothing to
             # do, and an actor lost with its node may never find room again (multi-node tests).
-            units_running = streams or any(kind != "ready" for kind, _ in pending.values())
+            units_running = streams or any(
+                kind != "ready" and not obj.resolved for kind, obj in pending.values()
+            )
             if finished and not units_running and not any(m.queue for m in models.values()):
                 break
             waiting = list(pending) + feeding
