@@ -98,7 +98,8 @@ _cell = st.text(alphabet=st.characters(blacklist_characters="\r"), max_size=40)
 
 @SETTINGS
 @given(
-    st.lists(st.tuples(_urls, _cell, _cell), max_size=20),
+    # URLs too: a bare CR in a URL cell is a line end, as in `_cell` (found by this test).
+    st.lists(st.tuples(_urls.map(lambda u: u.replace("\r", " ")), _cell, _cell), max_size=20),
     st.lists(_garbage, max_size=3),
     st.booleans(),
 )
