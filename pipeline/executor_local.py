@@ -50,6 +50,11 @@ class _Call:
             self._cond.notify_all()
 
     def get(self) -> Any:
+        """The value (or error), once set: waits for it, as `ray.get` does. (Without the wait,
+        the build read its last assembly task's result before the task had run, and counted
+        the dataset one shard short now and then.)"""
+        with self._cond:
+            self._cond.wait_for(lambda: self._done)
         if self._error is not None:
             raise self._error
         return self._value
